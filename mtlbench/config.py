@@ -1,0 +1,127 @@
+"""Typed configurations. Every run is fully described by a :class:`RunConfig`; its id is a hash of it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any, Literal
+
+from mtlbench.errors import ConfigError
+
+TargetScaling = Literal["none", "standard"]
+TARGET_SCALINGS = ("none", "standard")
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """Training protocol shared by FastCAR and every MTL cell (FastCAR paper, sec. 4.1)."""
+
+    epochs: int = 100
+    batch_size: int = 32          # the paper does not state it
+    img_size: int = 224           # 224 = the data set's native side
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    plateau_factor: float = 0.1
+    plateau_patience: int = 5
+    pretrained: bool = False
+    flip: bool = False            # random h/v flips; the paper does not mention augmentation
+    max_steps_per_epoch: int | None = None   # cap for smoke runs; None = the whole training split
+    device: str = "auto"          # auto | cpu | cuda | cuda:N
+    channels_last: bool = False
+    amp: bool = False             # bf16 autocast on CUDA; loss and metrics stay float32
+    compile: bool = False         # torch.compile the model
+    latency_repeats: int = 20     # timed repeats for inference latency
+
+    def __post_init__(self) -> None:
+        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "img_size": self.img_size}
+        for key, value in positive.items():
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f"protocol.{key} must be a positive integer, got {value!r}")
+        if self.img_size < 32:
+            raise ConfigError(f"protocol.img_size must be >= 32 (ResNet-18 downsamples 32x), got {self.img_size}")
+        if self.max_steps_per_epoch is not None and self.max_steps_per_epoch < 1:
+            raise ConfigError(f"protocol.max_steps_per_epoch must be >= 1, got {self.max_steps_per_epoch}")
+
+    # Fields that change speed but not the computation's meaning are left out of run ids.
+    NON_IDENTITY = ("device", "latency_repeats", "compile")
+
+
+@dataclass(frozen=True)
+class FastCARSettings:
+    """FastCAR's label transformation and one-epoch test (FastCAR paper, sec. 3)."""
+
+    gap: float = 50.0             # hardness units between consecutive shifted class ranges
+    grad_threshold: float = 2.0   # the paper's bound on the mean gradient magnitude after one epoch
+    max_attempts: int = 5
+    gap_shrink: float = 0.5       # rule: each failed attempt multiplies the gap by this factor
+
+    def __post_init__(self) -> None:
+        if self.gap <= 0:
+            raise ConfigError(f"fastcar.gap must be > 0 (ranges must stay disjoint), got {self.gap}")
+        if not 0 < self.gap_shrink < 1:
+            raise ConfigError(f"fastcar.gap_shrink must be in (0, 1), got {self.gap_shrink}")
+        if self.max_attempts < 1:
+            raise ConfigError(f"fastcar.max_attempts must be >= 1, got {self.max_attempts}")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One run: FastCAR (``kind='fastcar'``) or one MTL grid cell (``kind='mtl'``)."""
+
+    kind: Literal["fastcar", "mtl"]
+    protocol: Protocol = field(default_factory=Protocol)
+    seed: int = 0
+    architecture: str | None = None
+    weighting: str | None = None
+    decoder: str | None = None
+    target_scaling: TargetScaling = "none"
+    fastcar: FastCARSettings | None = None
+    arch_args: dict[str, Any] = field(default_factory=dict)     # overrides of the defaults table
+    weight_args: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.target_scaling not in TARGET_SCALINGS:
+            raise ConfigError(f"target_scaling must be one of {', '.join(TARGET_SCALINGS)}, "
+                              f"got {self.target_scaling!r}")
+        if self.kind == "mtl" and not (self.architecture and self.weighting and self.decoder):
+            raise ConfigError("an MTL run needs architecture, weighting and decoder")
+
+    @property
+    def label(self) -> str:
+        if self.kind == "fastcar":
+            return f"FastCAR seed={self.seed}"
+        return f"{self.architecture}+{self.weighting}/{self.decoder} {self.target_scaling} seed={self.seed}"
+
+    def identity(self) -> dict[str, Any]:
+        d = asdict(self)
+        for key in Protocol.NON_IDENTITY:
+            d["protocol"].pop(key, None)
+        return d
+
+    def run_id(self, data_fingerprint: str) -> str:
+        """Stable id: a hash of the configuration that defines the result and of the data."""
+        blob = json.dumps({"config": self.identity(), "data": data_fingerprint}, sort_keys=True, default=str)
+        prefix = "fastcar" if self.kind == "fastcar" else f"{self.architecture}-{self.weighting}-{self.decoder}"
+        safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in prefix.lower())
+        return f"{safe}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True, default=str)
+
+    @staticmethod
+    def from_json(text: str) -> "RunConfig":
+        d = json.loads(text)
+        d["protocol"] = Protocol(**d["protocol"])
+        if d.get("fastcar") is not None:
+            d["fastcar"] = FastCARSettings(**d["fastcar"])
+        return RunConfig(**d)
+
+
+def protocol_from_dict(values: dict[str, Any], base: Protocol | None = None, where: str = "protocol") -> Protocol:
+    """Build a Protocol from user input, naming an unknown key and the allowed ones."""
+    allowed = {f.name for f in fields(Protocol)}
+    for key in values:
+        if key not in allowed:
+            raise ConfigError(f"unknown key {where}.{key}; allowed: {', '.join(sorted(allowed))}")
+    return replace(base or Protocol(), **values)

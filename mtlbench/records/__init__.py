@@ -1,0 +1,1 @@
+"""Run records: the Parquet schema (one module) and the results store."""

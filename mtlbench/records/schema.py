@@ -1,0 +1,138 @@
+"""The Parquet schema of every table mtlbench writes. The sweep, FastCAR and the report all use these unchanged.
+
+Tables (one file each in a results folder, consolidated from per-run fragments):
+
+- ``runs``: one row per run (FastCAR or one MTL cell): configuration, status, best-validation-epoch and
+  last-epoch test metrics, timings, environment.
+- ``epochs``: one row per run and epoch: learning rate, train losses, validation metrics, seconds.
+- ``weights``: one row per run, epoch and task: the mean (and std) of the loss weights the weighting produced.
+- ``predictions``: one row per run, test image and checkpoint (``best`` / ``last``): true and predicted class and target.
+- ``label_search``: one row per FastCAR one-epoch-test attempt: gap, constants, mean gradient, seconds, accepted.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+SCHEMA_VERSION = 1
+
+STATUSES = ("ok", "failed", "diverged")
+METRICS = ("accuracy", "mse", "rmse", "mae", "mape", "within8")
+
+_metric_fields = [pa.field(f"{which}_{m}", pa.float64()) for which in ("best", "last") for m in METRICS]
+
+RUNS = pa.schema([
+    pa.field("run_id", pa.string(), nullable=False),
+    pa.field("sweep", pa.string()),
+    pa.field("kind", pa.string(), nullable=False),            # fastcar | mtl
+    pa.field("status", pa.string(), nullable=False),          # ok | failed | diverged
+    pa.field("message", pa.string()),
+    pa.field("failed_epoch", pa.int64()),
+    pa.field("architecture", pa.string()),
+    pa.field("weighting", pa.string()),
+    pa.field("decoder", pa.string()),
+    pa.field("target_scaling", pa.string()),
+    pa.field("seed", pa.int64()),
+    pa.field("epochs", pa.int64()),
+    pa.field("epochs_run", pa.int64()),
+    pa.field("batch_size", pa.int64()),
+    pa.field("img_size", pa.int64()),
+    pa.field("pretrained", pa.bool_()),
+    pa.field("dataset", pa.string()),
+    pa.field("data_fingerprint", pa.string()),
+    pa.field("num_classes", pa.int64()),
+    pa.field("n_train", pa.int64()),
+    pa.field("n_valid", pa.int64()),
+    pa.field("n_test", pa.int64()),
+    pa.field("config_json", pa.string()),
+    pa.field("hparams_json", pa.string()),                    # the method defaults actually used
+    pa.field("best_epoch", pa.int64()),
+    *_metric_fields,
+    pa.field("best_confusion_json", pa.string()),
+    pa.field("last_confusion_json", pa.string()),
+    pa.field("total_s", pa.float64()),
+    pa.field("label_search_s", pa.float64()),
+    pa.field("train_s", pa.float64()),
+    pa.field("epoch_mean_s", pa.float64()),
+    pa.field("train_images_per_s", pa.float64()),
+    pa.field("latency_b1_ms", pa.float64()),
+    pa.field("latency_batch_ms", pa.float64()),
+    pa.field("params", pa.int64()),
+    pa.field("peak_mem_mb", pa.float64()),
+    pa.field("concurrency", pa.int64()),                      # cells running at once on the same device
+    pa.field("device", pa.string()),
+    pa.field("torch_version", pa.string()),
+    pa.field("torchvision_version", pa.string()),
+    pa.field("libmtl_version", pa.string()),
+    pa.field("python_version", pa.string()),
+    pa.field("mtlbench_version", pa.string()),
+    pa.field("git_commit", pa.string()),
+    pa.field("hostname", pa.string()),
+    pa.field("started_at", pa.timestamp("us", tz="UTC")),
+    pa.field("finished_at", pa.timestamp("us", tz="UTC")),
+    pa.field("schema_version", pa.int64()),
+])
+
+EPOCHS = pa.schema([
+    pa.field("run_id", pa.string(), nullable=False),
+    pa.field("epoch", pa.int64(), nullable=False),            # 1-based
+    pa.field("lr", pa.float64()),
+    pa.field("seconds", pa.float64()),
+    pa.field("train_loss", pa.float64()),                     # sum of task losses (FastCAR: hybrid MSE)
+    pa.field("train_loss_cls", pa.float64()),
+    pa.field("train_loss_reg", pa.float64()),
+    pa.field("val_loss", pa.float64()),
+    pa.field("val_accuracy", pa.float64()),
+    pa.field("val_mse", pa.float64()),
+    pa.field("val_mape", pa.float64()),
+])
+
+WEIGHTS = pa.schema([
+    pa.field("run_id", pa.string(), nullable=False),
+    pa.field("epoch", pa.int64(), nullable=False),
+    pa.field("task", pa.string(), nullable=False),            # cls | reg
+    pa.field("weight", pa.float64()),
+    pa.field("weight_std", pa.float64()),
+])
+
+PREDICTIONS = pa.schema([
+    pa.field("run_id", pa.string(), nullable=False),
+    pa.field("checkpoint", pa.string(), nullable=False),      # best | last
+    pa.field("index", pa.int64()),
+    pa.field("relpath", pa.string()),
+    pa.field("true_class", pa.int64()),
+    pa.field("pred_class", pa.int64()),
+    pa.field("true_target", pa.float64()),
+    pa.field("pred_target", pa.float64()),
+])
+
+LABEL_SEARCH = pa.schema([
+    pa.field("run_id", pa.string(), nullable=False),
+    pa.field("attempt", pa.int64()),
+    pa.field("gap", pa.float64()),
+    pa.field("constants_json", pa.string()),
+    pa.field("centre", pa.float64()),
+    pa.field("mean_grad", pa.float64()),
+    pa.field("seconds", pa.float64()),
+    pa.field("accepted", pa.bool_()),
+])
+
+TABLES: dict[str, pa.Schema] = {
+    "runs": RUNS, "epochs": EPOCHS, "weights": WEIGHTS, "predictions": PREDICTIONS, "label_search": LABEL_SEARCH,
+}
+
+
+def to_arrow(name: str, rows: list[dict]) -> pa.Table:
+    """Rows (dicts) -> a table with exactly the named schema; missing keys become nulls, unknown keys are errors."""
+    schema = TABLES[name]
+    known = set(schema.names)
+    for row in rows:
+        extra = set(row) - known
+        if extra:
+            raise KeyError(f"table {name!r} has no column(s) {sorted(extra)}")
+    columns = {f.name: [row.get(f.name) for row in rows] for f in schema}
+    return pa.Table.from_pydict(columns, schema=schema)
+
+
+def empty(name: str) -> pa.Table:
+    return TABLES[name].empty_table()
