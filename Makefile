@@ -1,0 +1,30 @@
+# Two commands on a fresh machine: `make run` (install + the main job on the embedded data) and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+export MTLBENCH_CACHE ?= $(CURDIR)/.cache/mtlbench
+
+.PHONY: install run test bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[test,ray]"
+	touch $(STAMP)
+
+run: install
+	$(BIN)/mtlbench sweep demo --out results/demo
+	$(BIN)/mtlbench report results/demo
+
+test: install
+	$(BIN)/python -m pytest -q -rfE --durations=15
+
+bench: install
+	$(BIN)/python benchmarks/speed.py
+
+clean:
+	rm -rf $(VENV) .cache .pytest_cache .hypothesis results/* build *.egg-info
+	touch results/.gitkeep

@@ -1,0 +1,248 @@
+"""The ``mtlbench`` command line (Typer + Rich)."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from mtlbench.errors import ConfigError, MtlbenchError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode="rich",
+                  help="Benchmark multi-task learning (classify + regress a property) and FastCAR, through LibMTL.")
+data_app = typer.Typer(no_args_is_help=True, help="Fetch, inspect or synthesise data sets.")
+app.add_typer(data_app, name="data")
+console = Console()
+err_console = Console(stderr=True)
+
+DATA_HELP = ("data set: 'default' (embedded synthetic set, no network), 'steel' (fetched with `mtlbench data "
+             "fetch`), a folder in the published layout, or a .csv / .xlsx / .parquet table")
+
+
+def _cache(cache_dir: Optional[Path]) -> Optional[str]:
+    return str(cache_dir) if cache_dir else None
+
+
+# -- data ---------------------------------------------------------------------------------------------------------
+@data_app.command("fetch")
+def data_fetch(
+    url: str = typer.Option(None, help="archive URL (https://, file://) or local path; default: the public repository"),
+    dest: Optional[Path] = typer.Option(None, help="target folder; default: <cache>/datasets/advanced-steel-property"),
+    cache_dir: Optional[Path] = typer.Option(None, envvar="MTLBENCH_CACHE", help="cache folder"),
+    force: bool = typer.Option(False, help="download again even if a verified copy exists"),
+) -> None:
+    """Download the Advanced Steel Property data set, verify it (3 sheets, 4536 images) and unpack it."""
+    from mtlbench.data import default_cache_dir
+    from mtlbench.data.fetch import DEFAULT_URL, fetch
+
+    root = Path(cache_dir) if cache_dir else default_cache_dir()
+    target = dest or root / "datasets" / "advanced-steel-property"
+    path = fetch(url or DEFAULT_URL, target, force=force)
+    console.print(f"data set ready at [bold]{path}[/] (use --data steel or --data {path})")
+
+
+@data_app.command("info")
+def data_info(
+    path: str = typer.Argument(..., help=DATA_HELP),
+    cache_dir: Optional[Path] = typer.Option(None, envvar="MTLBENCH_CACHE", help="cache folder"),
+) -> None:
+    """Per-split, per-class image counts and target min / mean / max."""
+    from mtlbench.data import resolve_dataset, summarize
+
+    table = resolve_dataset(path, cache_dir=_cache(cache_dir))
+    frame = summarize(table)
+    out = Table(title=f"{table.name} ({len(table.frame)} images, {table.num_classes} classes, "
+                      f"fingerprint {table.fingerprint()})")
+    for col in frame.columns:
+        out.add_column(str(col), justify="right" if frame[col].dtype.kind in "if" else "left")
+    for _, row in frame.iterrows():
+        out.add_row(*[f"{v:.1f}" if isinstance(v, float) else str(v) for v in row])
+    console.print(out)
+
+
+@data_app.command("synth")
+def data_synth(
+    out: Path = typer.Argument(..., help="folder to write (published layout: sheets + class folders)"),
+    image_size: int = typer.Option(64, "--image-size", help="image side in pixels"),
+    per_class: str = typer.Option("30,6,6", help="images per class for train,valid,test"),
+    seed: int = typer.Option(0, help="random seed (same seed, same data)"),
+) -> None:
+    """Write a deterministic synthetic data set in the published layout."""
+    from mtlbench.data.synth import write_synthetic
+
+    try:
+        counts = tuple(int(x) for x in per_class.split(","))
+        assert len(counts) == 3 and min(counts) >= 1
+    except (ValueError, AssertionError):
+        raise ConfigError(f"--per-class must be three positive integers like 30,6,6, got {per_class!r}") from None
+    path = write_synthetic(out, per_class=counts, image_size=image_size, seed=seed)  # type: ignore[arg-type]
+    console.print(f"synthetic data set written to [bold]{path}[/]")
+
+
+# -- fastcar ------------------------------------------------------------------------------------------------------
+@app.command()
+def fastcar(
+    data: str = typer.Option("default", help=DATA_HELP),
+    epochs: int = typer.Option(100, help="training epochs (the paper: 100)"),
+    batch_size: int = typer.Option(32, help="batch size (not stated in the paper)"),
+    img_size: int = typer.Option(224, help="image side; 224 = native, use 64 on a CPU"),
+    seed: int = typer.Option(0, help="random seed"),
+    gap: float = typer.Option(50.0, help="hardness units between consecutive shifted class ranges"),
+    max_attempts: int = typer.Option(5, help="one-epoch-test attempts before continuing with the best"),
+    pretrained: bool = typer.Option(False, help="start from torchvision's ImageNet weights (local torch cache)"),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N"),
+    max_steps: Optional[int] = typer.Option(None, help="cap on training steps per epoch (quick runs)"),
+    amp: bool = typer.Option(False, help="bf16 autocast on CUDA"),
+    channels_last: bool = typer.Option(False, help="channels-last memory format"),
+    out: Path = typer.Option(Path("results/fastcar"), help="results folder"),
+    cache_dir: Optional[Path] = typer.Option(None, envvar="MTLBENCH_CACHE", help="cache folder"),
+) -> None:
+    """Run FastCAR: label transformation, one-epoch test, single-task ResNet-18 regressor, inverse transform."""
+    from mtlbench.config import FastCARSettings, Protocol, RunConfig
+    from mtlbench.data import DeviceData, resolve_dataset
+    from mtlbench.environment import resolve_device
+    from mtlbench.records.store import ResultsStore
+    from mtlbench.runs import run_fastcar
+    from mtlbench.ui import RunProgress, result_table
+
+    protocol = Protocol(epochs=epochs, batch_size=batch_size, img_size=img_size, pretrained=pretrained,
+                        device=device, max_steps_per_epoch=max_steps, amp=amp, channels_last=channels_last)
+    cfg = RunConfig(kind="fastcar", protocol=protocol, seed=seed,
+                    fastcar=FastCARSettings(gap=gap, max_attempts=max_attempts))
+    store = ResultsStore(out)
+    dev = resolve_device(device)
+    if pretrained:
+        from mtlbench.models.encoder import load_imagenet_state
+        load_imagenet_state()   # fail now, with the clear message, not after decoding the data
+    table = resolve_dataset(data, cache_dir=_cache(cache_dir))
+    tensors = DeviceData.from_table(table, img_size, dev, cache_dir=_cache(cache_dir))
+    console.print(f"FastCAR on [bold]{table.name}[/] ({len(table.frame)} images, {img_size} px) on {dev}")
+    with store.lock():
+        with RunProgress(console, epochs) as progress:
+            result = run_fastcar(cfg, table, tensors, sweep="fastcar", progress=progress)
+        store.write_cell(result.run_id, result.tables)
+        store.consolidate()
+    console.print(result_table([result.row], "FastCAR: test metrics at the best validation epoch"))
+    console.print(f"records in [bold]{out}[/] (run {result.run_id})")
+    if result.status != "ok":
+        raise MtlbenchError(f"FastCAR run {result.status}: {result.message}")
+
+
+# -- sweep --------------------------------------------------------------------------------------------------------
+@app.command()
+def sweep(
+    spec: str = typer.Argument(..., help="a TOML spec path, or a shipped spec name: paper, smoke, demo"),
+    only: Optional[List[str]] = typer.Option(None, help="filter cells, e.g. arch=MTAN,weighting=IMTL|EW"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="list the cells and how many are finished; run nothing"),
+    out: Optional[Path] = typer.Option(None, help="results folder; default results/<spec name>"),
+    force: bool = typer.Option(False, help="re-run finished cells"),
+    retry_failed: bool = typer.Option(False, help="re-run cells recorded as failed"),
+    executor: str = typer.Option("sequential", help="sequential, local or ray"),
+    workers: int = typer.Option(1, help="worker processes (local executor)"),
+    gpus: Optional[str] = typer.Option(None, help="GPU ids to use, e.g. 0,1 (default: all visible)"),
+    workers_per_gpu: int = typer.Option(1, help="cells at once per GPU (local executor)"),
+    address: Optional[str] = typer.Option(None, help="Ray cluster address (ray executor); default: local"),
+    device: Optional[str] = typer.Option(None, help="override the spec's device: auto, cpu, cuda, cuda:N"),
+    cache_dir: Optional[Path] = typer.Option(None, envvar="MTLBENCH_CACHE", help="cache folder"),
+) -> None:
+    """Train the grid of architectures x weightings x decoders (and FastCAR) from a spec; resumable."""
+    from mtlbench.records.store import ResultsStore
+    from mtlbench.sweep.executors import EXECUTORS
+    from mtlbench.sweep.runner import plan_sweep, run_sweep
+    from mtlbench.sweep.spec import load_spec, parse_filters
+    from mtlbench.ui import RichSweepUI, result_table
+
+    s = load_spec(spec)
+    filters = parse_filters(only)
+    EXECUTORS.entry(executor)
+    target = out or Path("results") / s.name
+    if dry_run:
+        from mtlbench.data import resolve_dataset
+
+        table = resolve_dataset(str(s.data["source"]), cache_dir=_cache(cache_dir),
+                                table_options={k: v for k, v in s.data.items() if k != "source"} or None)
+        store = ResultsStore(target) if target.exists() else None
+        plan = plan_sweep(s, store, table.fingerprint(), filters=filters, force=force) if store else None
+        cells = plan.cells if plan else [type("C", (), {"config": c, "done": False})() for c in s.cells()
+                                         if not filters or __import__("mtlbench.sweep.spec", fromlist=["matches"]
+                                                                      ).matches(c, filters)]
+        t = Table(title=f"sweep {s.name}: {len(cells)} cells, {sum(c.done for c in cells)} finished")
+        for col in ("#", "run", "done"):
+            t.add_column(col)
+        for i, c in enumerate(cells, 1):
+            t.add_row(str(i), c.config.label, "yes" if c.done else "")
+        console.print(t)
+        return
+    options = {"workers": workers, "workers_per_gpu": workers_per_gpu, "address": address,
+               "gpus": [int(g) for g in gpus.split(",")] if gpus else None}
+    outcome = run_sweep(s, target, filters=filters, force=force, retry_failed=retry_failed, executor=executor,
+                        executor_options=options, device=device, cache_dir=_cache(cache_dir),
+                        ui=RichSweepUI(console, s.protocol.epochs))
+    rows = [r.row for r in outcome.results]
+    if rows:
+        shown = sorted(rows, key=lambda r: (r["kind"] != "fastcar", -(r.get("best_accuracy") or -1)))
+        console.print(result_table(shown[:15], f"sweep {s.name}: top cells by accuracy (of {len(rows)} run now)"))
+    c = outcome.counts()
+    console.print(f"{len(outcome.plan.cells)} cells: {len(outcome.plan.done)} were finished before, ran "
+                  f"{len(rows)}: [green]{c['ok']} ok[/], [red]{c['failed']} failed[/], "
+                  f"[yellow]{c['diverged']} diverged[/]. Results in [bold]{target}[/]")
+    if not outcome.all_ok:
+        raise typer.Exit(1)
+
+
+# -- list ---------------------------------------------------------------------------------------------------------
+@app.command("list")
+def list_methods() -> None:
+    """The architectures, weightings, decoders and executors, with their papers and default hyper-parameters."""
+    from mtlbench.methods.architectures import ARCHITECTURES
+    from mtlbench.methods.weightings import WEIGHTINGS
+    from mtlbench.models.decoders import DECODERS
+    from mtlbench.sweep.executors import EXECUTORS
+
+    for registry in (ARCHITECTURES, WEIGHTINGS, DECODERS, EXECUTORS):
+        t = Table(title=f"{registry.kind}s ({len(registry)})", show_lines=False)
+        for col in ("name", "what", "reference", "defaults"):
+            t.add_column(col, overflow="fold")
+        for e in registry:
+            t.add_row(e.name, e.summary, e.reference, ", ".join(f"{k}={v}" for k, v in e.defaults.items()))
+        console.print(t)
+
+
+# -- report -------------------------------------------------------------------------------------------------------
+@app.command()
+def report(
+    results: List[Path] = typer.Argument(..., help="one or more results folders (merged)"),
+    out: Optional[Path] = typer.Option(None, help="output folder; default <first results folder>/report"),
+    format: Optional[List[str]] = typer.Option(None, "--format", help="png, svg, md, csv, html (repeatable)"),
+    metric: Optional[List[str]] = typer.Option(None, "--metric", help="accuracy, mse, mape, time (repeatable)"),
+) -> None:
+    """Render the paper's heatmaps and Table 1 (PNG, SVG, Markdown, CSV, one self-contained HTML)."""
+    from mtlbench.report.render import render_report
+    from mtlbench.report.tables import summary_rich_table
+
+    kwargs = {}
+    if format:
+        kwargs["formats"] = tuple(format)
+    if metric:
+        kwargs["metrics"] = tuple(metric)
+    result = render_report(list(results), out, **kwargs)
+    console.print(summary_rich_table(result.summary))
+    for line in result.missing:
+        console.print(f"[yellow]note:[/] {line}")
+    console.print(f"report written to [bold]{result.out_dir}[/] ({len(result.files)} files; open report.html)")
+
+
+def main() -> None:
+    try:
+        app()
+    except MtlbenchError as exc:
+        err_console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        err_console.print("[red]interrupted[/]: finished runs are kept; run the same command to resume")
+        sys.exit(130)

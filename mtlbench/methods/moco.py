@@ -1,0 +1,105 @@
+"""MoCo (multi-objective gradient correction), written against LibMTL 1.1.5's ``AbsWeighting``.
+
+Fernando, Shen, Liu, Chaudhury, Murugesan & Chen, "Mitigating Gradient Bias in Multi-objective Learning: A Provably
+Convergent Approach", ICLR 2023 (arXiv:2210.12624).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from mtlbench.libmtl_compat import AbsWeighting
+
+__all__ = ["MoCo", "MOCO_DEFAULTS", "project_simplex"]
+
+MOCO_DEFAULTS: dict[str, Any] = {"MoCo_beta": 0.5, "MoCo_beta_sigma": 0.5, "MoCo_gamma": 0.1,
+                                 "MoCo_gamma_sigma": 0.5, "MoCo_rho": 0.0, "MoCo_normalize": True}
+
+
+def project_simplex(v: torch.Tensor) -> torch.Tensor:
+    """Euclidean projection of a 1-D tensor onto the probability simplex, on its device (sort-based, no host
+    round trip): ``argmin_{x >= 0, sum x = 1} ||x - v||``."""
+    n = v.numel()
+    u, _ = torch.sort(v, descending=True)
+    css = torch.cumsum(u, dim=0) - 1.0
+    k = torch.arange(1, n + 1, device=v.device, dtype=v.dtype)
+    # The condition holds for a prefix of the sorted entries (always for the first), so its count is the support.
+    support = (u - css / k > 0).sum().clamp(min=1)
+    theta = css.gather(0, (support - 1).reshape(1)) / support.to(v.dtype)
+    return torch.clamp(v - theta, min=0.0)
+
+
+class MoCo(AbsWeighting):
+    r"""MoCo: tracked task gradients Y and simplex weights lambda updated by a projected gradient step.
+
+    Fernando et al., *Mitigating Gradient Bias in Multi-objective Learning: A Provably Convergent Approach*,
+    ICLR 2023 (arXiv:2210.12624), Algorithm 1. At step k = 1, 2, ... with task gradients G (rows g_i):
+
+    - ``beta_k = MoCo_beta / k**MoCo_beta_sigma``, ``gamma_k = MoCo_gamma / k**MoCo_gamma_sigma``;
+    - ``y_i <- y_i - beta_k (y_i - g_i)``  (Y: [task_num, grad_dim], a running estimate of the true gradients that
+      removes the bias of stochastic gradients in the MGDA sub-problem);
+    - ``lambda <- Proj_simplex(lambda - gamma_k (Y Y^T + MoCo_rho I) lambda)``  (with the updated Y);
+    - shared-parameter gradient ``Y^T lambda`` (with the updated Y and lambda).
+
+    Initial state: Y = 0, lambda = 1/task_num (the paper's algorithm leaves Y_0 free). The state (k, Y, lambda) lives
+    on the gradients' device and persists across steps (not in ``state_dict``). Task-specific parameters keep their
+    plain task gradients (LibMTL's convention for gradient-based weightings).
+
+    Args (keywords of ``backward``, defaults in :data:`MOCO_DEFAULTS`):
+        MoCo_beta (0.5), MoCo_beta_sigma (0.5): tracking step size beta_k.
+        MoCo_gamma (0.1), MoCo_gamma_sigma (0.5): weight step size gamma_k.
+        MoCo_rho (0.0): l2 regularisation of lambda (rho I in the weight update).
+        MoCo_normalize (True): before tracking, rescale each g_i to norm = loss_i (``g_i * loss_i / ||g_i||``), the
+            gradient normalisation commonly used with MoCo in practice. It keeps the lambda update scale-free of the
+            raw gradient magnitude (Y Y^T then scales with the losses); not part of Algorithm 1.
+
+    Returns lambda (numpy, length task_num). Note the shared gradient is ``Y^T lambda``, not ``sum_i lambda_i g_i``.
+    Representation gradients (``rep_grad=True``) are not supported: Y must have a fixed shape across batches.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    def init_param(self) -> None:
+        self.moco_k = 0
+        self.moco_y: torch.Tensor | None = None
+        self.moco_lambda: torch.Tensor | None = None
+
+    def moco_step(self, grads: torch.Tensor, losses: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor:
+        """One MoCo update from the task gradients ``grads`` [task_num, n]; returns the direction ``Y^T lambda``.
+
+        ``losses`` (detached values) are needed when ``MoCo_normalize`` is on.
+        """
+        opts = {**MOCO_DEFAULTS, **kwargs}
+        if not hasattr(self, "moco_k"):
+            self.init_param()
+        if opts["MoCo_normalize"]:
+            if losses is None:
+                raise ValueError("MoCo_normalize needs the task losses")
+            norms = grads.norm(dim=1, keepdim=True).clamp(min=1e-12)
+            grads = grads / norms * losses.detach().reshape(-1, 1).to(grads.dtype)
+        if self.moco_y is None or self.moco_y.shape != grads.shape:
+            self.moco_y = torch.zeros_like(grads)
+            self.moco_lambda = torch.full((grads.shape[0],), 1.0 / grads.shape[0], dtype=grads.dtype,
+                                          device=grads.device)
+            self.moco_k = 0
+        self.moco_k += 1
+        k = float(self.moco_k)
+        beta_k = opts["MoCo_beta"] / k ** opts["MoCo_beta_sigma"]
+        gamma_k = opts["MoCo_gamma"] / k ** opts["MoCo_gamma_sigma"]
+        self.moco_y = self.moco_y - beta_k * (self.moco_y - grads)
+        lam = self.moco_lambda
+        step = self.moco_y @ (self.moco_y.t() @ lam) + opts["MoCo_rho"] * lam  # (Y Y^T + rho I) lambda
+        self.moco_lambda = project_simplex(lam - gamma_k * step)
+        return self.moco_y.t() @ self.moco_lambda
+
+    def backward(self, losses: torch.Tensor, **kwargs: Any) -> np.ndarray:
+        if self.rep_grad:
+            raise ValueError("MoCo does not support representation gradients (rep_grad must be False)")
+        grads = self._get_grads(losses, mode="backward")
+        direction = self.moco_step(grads, losses.detach(), **kwargs)
+        self._reset_grad(direction)
+        return self.moco_lambda.detach().cpu().numpy()

@@ -1,0 +1,388 @@
+"""Load one or more results folders, merge them, aggregate seeds per grid cell and say what is missing.
+
+A *cell* is one point of the MTL grid: ``(architecture, weighting, decoder, target_scaling)``; its seeds are
+aggregated to a mean and a sample standard deviation (ddof=1; NaN with one seed) over the runs whose status is
+``ok``. Failed and diverged runs never contribute a value: they are counted and reported.
+
+Values are kept in *display units* (see :data:`METRIC_SPECS`): accuracy and MAPE in %, MSE in multiples of 1000
+(as in the paper's Figs 3 and 5), run time in minutes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import pandas as pd
+
+from mtlbench.errors import ConfigError, MtlbenchError
+from mtlbench.records.store import ResultsStore
+
+CELL_KEY = ("architecture", "weighting", "decoder", "target_scaling")
+TABLE_NAMES = ("runs", "epochs", "weights", "predictions", "label_search")
+STATUS_RANK = {"ok": 0, "diverged": 1, "failed": 2}
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """How one metric is read from ``runs``, scaled for display, labelled and ranked."""
+
+    name: str
+    column: str | None        # a runs column; None = ``<checkpoint>_<name>`` (a test metric)
+    title: str                # heading / figure title
+    cbar: str                 # colour-bar / axis label, with the unit
+    scale: float              # display value = stored value * scale
+    better: str               # "max" | "min"
+    fmt: str                  # format of one value
+
+    def source(self, checkpoint: str) -> str:
+        return self.column or f"{checkpoint}_{self.name}"
+
+    def format(self, value: float | None) -> str:
+        if value is None or not np.isfinite(value):
+            return "-"
+        if 0 < abs(value) < 1 and self.fmt in ("{:.1f}", "{:.0f}"):
+            return f"{value:.2g}"  # e.g. FastCAR's MSE in multiples of 1000: 0.61, not 0.6
+        return self.fmt.format(value)
+
+    def format_std(self, value: float | None) -> str:
+        """A spread in the same fixed decimals as the values it belongs to."""
+        if value is None or not np.isfinite(value):
+            return "-"
+        return self.fmt.format(value)
+
+
+METRIC_SPECS: dict[str, MetricSpec] = {
+    "accuracy": MetricSpec("accuracy", None, "Test accuracy", "Accuracy (%)", 1.0, "max", "{:.2f}"),
+    "mse": MetricSpec("mse", None, "Test MSE", "MSE (x1000)", 1e-3, "min", "{:.1f}"),
+    "mape": MetricSpec("mape", None, "Test MAPE", "MAPE (%)", 1.0, "min", "{:.1f}"),
+    "time": MetricSpec("time", "total_s", "Run time", "Run time (minutes)", 1.0 / 60.0, "min", "{:.2f}"),
+    "rmse": MetricSpec("rmse", None, "Test RMSE", "RMSE", 1.0, "min", "{:.1f}"),
+    "mae": MetricSpec("mae", None, "Test MAE", "MAE", 1.0, "min", "{:.1f}"),
+    "within8": MetricSpec("within8", None, "Test share within 8% APE", "Within 8% APE (%)", 1.0, "max", "{:.1f}"),
+}
+
+
+def metric_specs(metrics: Iterable[str]) -> list[MetricSpec]:
+    out = []
+    for m in metrics:
+        if m not in METRIC_SPECS:
+            raise ConfigError(f"unknown report metric {m!r}; choose from: {', '.join(METRIC_SPECS)}")
+        out.append(METRIC_SPECS[m])
+    return list(dict.fromkeys(out))
+
+
+# -- axis order -----------------------------------------------------------------------------------------------------
+@lru_cache(maxsize=None)
+def registry_names(kind: str) -> tuple[str, ...] | None:
+    """The registry order of architectures / weightings / decoders, or None if the registry cannot be imported
+    (another module not ready, a missing optional dependency): the report then falls back to first appearance."""
+    try:
+        if kind == "architecture":
+            from mtlbench.methods.architectures import ARCHITECTURES as reg
+        elif kind == "weighting":
+            from mtlbench.methods.weightings import WEIGHTINGS as reg
+        elif kind == "decoder":
+            from mtlbench.models.decoders import DECODERS as reg
+        elif kind == "target_scaling":
+            from mtlbench.config import TARGET_SCALINGS
+            return tuple(TARGET_SCALINGS)
+        else:
+            return None
+        return tuple(reg.names())
+    except Exception:  # noqa: BLE001 — any import problem means "no registry order", never a failed report
+        return None
+
+
+def ordered(kind: str, present: Iterable[Any]) -> list[str]:
+    """The values present, in registry order; names the registry lacks follow in order of first appearance."""
+    seen = list(dict.fromkeys(str(v) for v in present if v is not None and not (isinstance(v, float) and np.isnan(v))))
+    reg = registry_names(kind)
+    if reg is None:
+        return seen
+    lower = {n.lower(): i for i, n in enumerate(reg)}
+    known = sorted((v for v in seen if v.lower() in lower), key=lambda v: lower[v.lower()])
+    return known + [v for v in seen if v.lower() not in lower]
+
+
+@dataclass
+class Axes:
+    architectures: list[str]
+    weightings: list[str]
+    decoders: list[str]
+    scalings: list[str]
+    seeds: list[int]
+
+    @property
+    def expected(self) -> list[tuple[str, str, str, str]]:
+        return list(itertools.product(self.architectures, self.weightings, self.decoders, self.scalings))
+
+
+# -- loading --------------------------------------------------------------------------------------------------------
+@dataclass
+class Results:
+    """Merged tables of one or more results folders; every run_id once."""
+
+    folders: list[Path]
+    runs: pd.DataFrame
+    epochs: pd.DataFrame
+    weights: pd.DataFrame
+    predictions: pd.DataFrame
+    label_search: pd.DataFrame
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def mtl(self) -> pd.DataFrame:
+        return self.runs[self.runs["kind"] == "mtl"]
+
+    @property
+    def fastcar(self) -> pd.DataFrame:
+        return self.runs[self.runs["kind"] == "fastcar"]
+
+
+def _read_folder(folder: Path) -> dict[str, pd.DataFrame]:
+    if not folder.exists():
+        raise MtlbenchError(f"results folder {folder} does not exist")
+    if not folder.is_dir():
+        raise MtlbenchError(f"results folder {folder} is not a folder")
+    store = ResultsStore(folder, create=False)
+    return {name: store.read(name) for name in TABLE_NAMES}
+
+
+def load_results(folders: Iterable[Path | str]) -> Results:
+    """Read and merge results folders. A run_id found in several folders is counted once: the ``ok`` record wins
+    over diverged / failed ones, then the most recently finished, then the first folder given."""
+    folders = [Path(f) for f in folders]
+    if not folders:
+        raise MtlbenchError("no results folder given")
+    per_folder = []
+    empty = []
+    for i, folder in enumerate(folders):
+        tables = _read_folder(folder)
+        if tables["runs"].empty:
+            empty.append(folder)
+        for df in tables.values():
+            df["source"] = str(folder)
+            df["_order"] = i
+        per_folder.append(tables)
+    if len(empty) == len(folders):
+        names = ", ".join(str(f) for f in empty)
+        raise MtlbenchError(f"results folder {names} holds no runs (no cells/*/runs.parquet and no runs.parquet); "
+                            f"run a sweep into it first")
+    notes = [f"results folder {f} holds no runs; it was skipped" for f in empty]
+    merged = {name: pd.concat([t[name] for t in per_folder if not t[name].empty] or [per_folder[0][name]],
+                              ignore_index=True) for name in TABLE_NAMES}
+    runs = merged["runs"]
+    runs["status"] = runs["status"].fillna("failed")
+    runs["_rank"] = runs["status"].map(STATUS_RANK).fillna(3)
+    runs["_finished"] = pd.to_datetime(runs["finished_at"], utc=True, errors="coerce")
+    runs = runs.sort_values(["_rank", "_finished", "_order"], ascending=[True, False, True], kind="stable",
+                            na_position="last")
+    n_before = len(runs)
+    runs = runs.drop_duplicates("run_id", keep="first")
+    if len(runs) < n_before:
+        notes.append(f"{n_before - len(runs)} run record(s) appear in more than one folder (same run_id); "
+                     f"each run is counted once")
+    runs = runs.sort_values(["_order"], kind="stable").drop(columns=["_rank", "_finished"])
+    keep = set(zip(runs["run_id"], runs["source"]))
+    out: dict[str, pd.DataFrame] = {"runs": runs.reset_index(drop=True)}
+    for name in TABLE_NAMES[1:]:
+        df = merged[name]
+        if not df.empty:
+            mask = [(r, s) in keep for r, s in zip(df["run_id"], df["source"])]
+            df = df[mask]
+        out[name] = df.reset_index(drop=True)
+    mtl = out["runs"]["kind"] == "mtl"
+    out["runs"].loc[mtl, "target_scaling"] = out["runs"].loc[mtl, "target_scaling"].fillna("none")
+    for col, what in (("data_fingerprint", "data sets"), ("epochs", "epoch budgets")):
+        values = out["runs"][col].dropna().unique()
+        if len(values) > 1:
+            notes.append(f"the runs mix {len(values)} {what} ({', '.join(map(str, values[:5]))}); cells and "
+                         f"seeds are aggregated across them")
+    return Results(folders=folders, notes=notes, **out)
+
+
+# -- aggregation ----------------------------------------------------------------------------------------------------
+def cell_name(architecture: str, weighting: str, decoder: str | None = None, scaling: str | None = None) -> str:
+    name = f"{architecture}+{weighting}"
+    if decoder:
+        name += f" / {decoder}"
+    if scaling:
+        name += f" / {scaling}"
+    return name
+
+
+def _stats(values: pd.Series) -> tuple[float, float, int]:
+    v = pd.to_numeric(values, errors="coerce").astype(float)
+    v = v[np.isfinite(v)]
+    n = int(len(v))
+    if n == 0:
+        return float("nan"), float("nan"), 0
+    return float(v.mean()), (float(v.std(ddof=1)) if n > 1 else float("nan")), n
+
+
+def _summarise(group: pd.DataFrame, specs: list[MetricSpec], checkpoint: str) -> dict[str, Any]:
+    counts = group["status"].value_counts()
+    n_ok, n_failed, n_div = (int(counts.get(s, 0)) for s in ("ok", "failed", "diverged"))
+    if n_ok:
+        status = "ok"
+    else:
+        status = "diverged" if n_div >= n_failed and n_div else "failed"
+    bad = group[group["status"] != "ok"]
+    row: dict[str, Any] = {
+        "status": status, "n_runs": len(group), "n_ok": n_ok, "n_failed": n_failed, "n_diverged": n_div,
+        "seeds": ",".join(str(int(s)) for s in sorted(group["seed"].dropna().unique())),
+        "message": "; ".join(dict.fromkeys(str(m) for m in bad["message"].dropna())) if len(bad) else "",
+        "run_ids": ",".join(group["run_id"]),
+    }
+    ok = group[group["status"] == "ok"]
+    for spec in specs:
+        col = spec.source(checkpoint)
+        values = ok[col] * spec.scale if col in ok else pd.Series(dtype=float)
+        mean, std, n = _stats(values)
+        row[f"{spec.name}_mean"], row[f"{spec.name}_std"], row[f"{spec.name}_n"] = mean, std, n
+    return row
+
+
+def aggregate_cells(runs: pd.DataFrame, specs: list[MetricSpec], checkpoint: str = "best") -> pd.DataFrame:
+    """One row per grid cell: status, seed counts and per metric ``<m>_mean``, ``<m>_std``, ``<m>_n``."""
+    mtl = runs[runs["kind"] == "mtl"]
+    cols = [*CELL_KEY, "status", "n_runs", "n_ok", "n_failed", "n_diverged", "seeds", "message", "run_ids"] + \
+        [f"{s.name}_{k}" for s in specs for k in ("mean", "std", "n")]
+    if mtl.empty:
+        return pd.DataFrame(columns=cols)
+    rows = []
+    for key, group in mtl.groupby(list(CELL_KEY), sort=False, dropna=False):
+        rows.append({**dict(zip(CELL_KEY, key)), **_summarise(group, specs, checkpoint)})
+    return pd.DataFrame(rows, columns=cols)
+
+
+def aggregate_fastcar(runs: pd.DataFrame, specs: list[MetricSpec], checkpoint: str = "best") -> dict[str, Any] | None:
+    fc = runs[runs["kind"] == "fastcar"]
+    if fc.empty:
+        return None
+    return _summarise(fc, specs, checkpoint)
+
+
+def axes_of(results: Results) -> Axes:
+    mtl = results.mtl
+    return Axes(architectures=ordered("architecture", mtl["architecture"]),
+                weightings=ordered("weighting", mtl["weighting"]),
+                decoders=ordered("decoder", mtl["decoder"]),
+                scalings=ordered("target_scaling", mtl["target_scaling"]),
+                seeds=sorted(int(s) for s in mtl["seed"].dropna().unique()))
+
+
+# -- what is missing ------------------------------------------------------------------------------------------------
+def _first_line(text: Any, limit: int = 200) -> str:
+    s = " ".join(str(text).split()) if text is not None and not (isinstance(text, float) and np.isnan(text)) else ""
+    return s if len(s) <= limit else s[: limit - 1] + "…"
+
+
+def _seed(v: Any) -> str:
+    return str(int(v)) if v is not None and pd.notna(v) else "?"
+
+
+def _listing(items: list[str], limit: int = 25) -> str:
+    shown = "; ".join(items[:limit])
+    return shown + (f"; ... and {len(items) - limit} more" if len(items) > limit else "")
+
+
+def find_missing(results: Results, cells: pd.DataFrame, axes: Axes) -> list[str]:
+    """Human-readable messages: grid coverage, cells not run, failed / diverged runs, incomplete seeds, FastCAR."""
+    msgs: list[str] = list(results.notes)
+    where = ", ".join(str(f) for f in results.folders)
+    several_scalings = len(axes.scalings) > 1
+
+    def name(a: str, w: str, d: str, s: str) -> str:
+        return cell_name(a, w, d, s if several_scalings else None)
+
+    fc = results.fastcar
+    if fc.empty:
+        msgs.append(f"no FastCAR run in {where}: the FastCAR column, colour-bar marks and figures are left out")
+    else:
+        for _, r in fc[fc["status"] != "ok"].iterrows():
+            epoch = f", epoch {int(r['failed_epoch'])}" if pd.notna(r.get("failed_epoch")) else ""
+            msgs.append(f"FastCAR {r['status']} (seed {_seed(r['seed'])}{epoch}): {_first_line(r['message'])}")
+        if (fc["status"] != "ok").all():
+            msgs.append("no FastCAR run finished ok: the FastCAR column is empty")
+
+    if cells.empty:
+        msgs.append(f"no MTL grid runs in {where}: the heatmaps, the accuracy-MAPE scatter and the MTL columns of "
+                    f"the summary are skipped")
+        return msgs
+
+    present = set(zip(*(cells[k] for k in CELL_KEY)))
+    expected = axes.expected
+    not_run = [c for c in expected if c not in present]
+    n_failed = int((cells["status"] == "failed").sum())
+    n_div = int((cells["status"] == "diverged").sum())
+    shape = (f"{len(axes.architectures)} architectures x {len(axes.weightings)} weightings x "
+             f"{len(axes.decoders)} decoders" + (f" x {len(axes.scalings)} target scalings" if several_scalings
+                                                 else ""))
+    msgs.insert(len(results.notes), f"grid: {len(expected) - len(not_run)} of {len(expected)} cells run ({shape}); "
+                                    f"{len(not_run)} not run, {n_failed} failed, {n_div} diverged")
+    for a, w, d, s in not_run:
+        msgs.append(f"not run: {name(a, w, d, s)}")
+    mtl = results.mtl
+    for _, r in mtl[mtl["status"] != "ok"].iterrows():
+        epoch = f", epoch {int(r['failed_epoch'])}" if pd.notna(r.get("failed_epoch")) else ""
+        msgs.append(f"{r['status']}: {name(r['architecture'], r['weighting'], r['decoder'], r['target_scaling'])} "
+                    f"(seed {_seed(r['seed'])}{epoch}): {_first_line(r['message'])}")
+    if len(axes.seeds) > 1:
+        short = []
+        for _, c in cells.iterrows():
+            have = {int(s) for s in str(c["seeds"]).split(",") if s}
+            lack = [s for s in axes.seeds if s not in have]
+            if lack:
+                short.append(f"{name(c['architecture'], c['weighting'], c['decoder'], c['target_scaling'])} "
+                             f"(no seed {', '.join(map(str, lack))})")
+        if short:
+            msgs.append(f"seeds incomplete: {len(short)} cell(s) lack some of the seeds {axes.seeds}: "
+                        + _listing(short))
+    for kind, have in (("architecture", axes.architectures), ("weighting", axes.weightings)):
+        reg = registry_names(kind)
+        if reg:
+            absent = [n for n in reg if n.lower() not in {h.lower() for h in have}]
+            if absent:
+                msgs.append(f"{kind}s never run in these results ({len(absent)} of {len(reg)}): {', '.join(absent)}")
+    return msgs
+
+
+# -- run configuration / environment --------------------------------------------------------------------------------
+ENV_FIELDS = ("device", "torch_version", "torchvision_version", "libmtl_version", "python_version",
+              "mtlbench_version", "git_commit", "hostname", "concurrency")
+PROTOCOL_FIELDS = ("dataset", "data_fingerprint", "num_classes", "n_train", "n_valid", "n_test", "epochs",
+                   "batch_size", "img_size", "pretrained", "sweep")
+
+
+def value_counts(runs: pd.DataFrame, fields: Iterable[str]) -> list[tuple[str, str]]:
+    """(field, "value (n runs); other (m runs)") for each field, so mixed environments show up."""
+    out = []
+    for f in fields:
+        if f not in runs:
+            continue
+        counts = runs[f].astype("string").fillna("-").value_counts()
+        if len(counts) == 1:
+            out.append((f, str(counts.index[0])))
+        else:
+            out.append((f, "; ".join(f"{v} ({n} runs)" for v, n in counts.items())))
+    return out
+
+
+def example_config(runs: pd.DataFrame) -> tuple[str, str]:
+    """The config_json of one run (an ok MTL run if any), pretty-printed, and which run it is."""
+    order = runs.assign(_k=(runs["kind"] != "mtl").astype(int) + (runs["status"] != "ok").astype(int) * 2)
+    for _, r in order.sort_values("_k", kind="stable").iterrows():
+        text = r.get("config_json")
+        if isinstance(text, str) and text:
+            try:
+                return r["run_id"], json.dumps(json.loads(text), indent=2, sort_keys=True)
+            except ValueError:
+                return r["run_id"], text
+    return "", ""

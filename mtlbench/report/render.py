@@ -1,0 +1,319 @@
+"""``render_report``: results folder(s) -> heatmaps, scatter plots, learning curves, the summary and one HTML page."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from mtlbench.errors import ConfigError, MtlbenchError
+from mtlbench.report import figures as F
+from mtlbench.report import html as H
+from mtlbench.report.data import (CELL_KEY, ENV_FIELDS, METRIC_SPECS, PROTOCOL_FIELDS, Axes, MetricSpec,
+                                  aggregate_cells, aggregate_fastcar, axes_of, example_config, find_missing,
+                                  load_results, metric_specs, value_counts)
+from mtlbench.report.tables import (best_cell, build_summary, cells_table, markdown_table, summary_markdown,
+                                    summary_wide)
+
+FORMATS = ("png", "svg", "md", "csv", "html")
+DEFAULT_METRICS = ("accuracy", "mse", "mape", "time")
+HeatmapKey = tuple[str, str, str]   # (metric, decoder, target_scaling)
+
+# Files this module writes; a re-render removes its own stale ones (never anything else in the folder).
+_OWN = re.compile(r"^(heatmap_.+\.(png|svg|csv)|(scatter_accuracy_mape|fastcar_predictions|fastcar_confusion|"
+                  r"learning_curves)\.(png|svg)|summary\.(md|csv)|cells\.csv|report\.html)$")
+
+
+@dataclass
+class ReportResult:
+    out_dir: Path
+    files: list[Path]
+    summary: pd.DataFrame                       # tidy: see mtlbench.report.tables
+    missing: list[str]                          # human-readable: not run, failed, diverged, no FastCAR, ...
+    heatmaps: dict[HeatmapKey, pd.DataFrame]    # the numbers drawn: architecture rows x weighting columns
+    color_limits: dict[str, tuple[float, float]] = field(default_factory=dict)  # metric -> (vmin, vmax), shared
+    cells: pd.DataFrame = field(default_factory=pd.DataFrame)                  # one row per grid cell
+    fastcar: dict[str, Any] | None = None       # FastCAR aggregated over its seeds
+    skipped: list[str] = field(default_factory=list)                           # figures not drawn, and why
+
+
+def _check_formats(formats: Iterable[str]) -> tuple[str, ...]:
+    if isinstance(formats, str):
+        formats = [f.strip() for f in formats.split(",") if f.strip()]
+    out = tuple(dict.fromkeys(str(f).lower().lstrip(".") for f in formats))
+    bad = [f for f in out if f not in FORMATS]
+    if bad:
+        raise ConfigError(f"unknown report format(s) {', '.join(bad)}; choose from: {', '.join(FORMATS)}")
+    if not out:
+        raise ConfigError(f"no report format given; choose from: {', '.join(FORMATS)}")
+    return out
+
+
+def _sort_cells(cells: pd.DataFrame, axes: Axes) -> pd.DataFrame:
+    if cells.empty:
+        return cells
+    orders = {"architecture": axes.architectures, "weighting": axes.weightings, "decoder": axes.decoders,
+              "target_scaling": axes.scalings}
+    keys = pd.DataFrame({k: cells[k].map({v: i for i, v in enumerate(orders[k])}) for k in CELL_KEY})
+    order = keys.sort_values(["target_scaling", "decoder", "architecture", "weighting"], kind="stable").index
+    return cells.loc[order].reset_index(drop=True)
+
+
+def _grid(cells: pd.DataFrame, axes: Axes, decoder: str, scaling: str, column: str, fill: Any) -> pd.DataFrame:
+    fam = cells[(cells["decoder"] == decoder) & (cells["target_scaling"] == scaling)]
+    m = fam.pivot(index="architecture", columns="weighting", values=column) if not fam.empty else pd.DataFrame()
+    m = m.reindex(index=axes.architectures, columns=axes.weightings)
+    m.index.name, m.columns.name = "architecture", None
+    return m if fill is None else m.fillna(fill)
+
+
+def _heading(spec: MetricSpec) -> str:
+    """"Test accuracy (%)", "Test MSE (x1000)", "Run time (minutes)"."""
+    unit = re.search(r"\([^()]*\)$", spec.cbar)
+    return f"{spec.title} {unit.group(0)}" if unit else spec.title
+
+
+def _stem(out: Path, name: str) -> Path:
+    return out / re.sub(r"[^A-Za-z0-9_.+-]", "_", name)
+
+
+def _mean_curve(epochs: pd.DataFrame, run_ids: Sequence[str]) -> pd.DataFrame:
+    e = epochs[epochs["run_id"].isin(run_ids)]
+    cols = [c for c in ("val_loss", "val_accuracy", "val_mape") if c in e]
+    if e.empty:
+        return pd.DataFrame(columns=["epoch", *cols])
+    return e.groupby("epoch", as_index=False)[cols].mean(numeric_only=True).sort_values("epoch")
+
+
+def render_report(results: list[Path] | Path | str, out: Path | str | None = None, *,
+                  formats: Iterable[str] = FORMATS, metrics: Iterable[str] = DEFAULT_METRICS,
+                  checkpoint: str = "best") -> ReportResult:
+    """Render the report of one or more results folders into ``out`` (default: ``results[0] / "report"``).
+
+    ``formats``: any of png, svg (one file per figure), md, csv (summary, per-cell table, heatmap matrices), html
+    (one self-contained page). ``metrics``: the heatmaps and summary rows, any of accuracy, mse, mape, time (and
+    rmse, mae, within8). ``checkpoint``: "best" (test metrics at the best validation epoch) or "last".
+    Raises :class:`~mtlbench.errors.MtlbenchError` naming the folder when there is nothing to report.
+    """
+    folders = [Path(results)] if isinstance(results, (str, Path)) else [Path(r) for r in results]
+    if not folders:
+        raise MtlbenchError("no results folder given to the report")
+    formats = _check_formats(formats)
+    specs = metric_specs(metrics)
+    if checkpoint not in ("best", "last"):
+        raise ConfigError(f"unknown checkpoint {checkpoint!r}; choose best or last")
+    all_specs = list(METRIC_SPECS.values())
+
+    data = load_results(folders)
+    axes = axes_of(data)
+    cells = _sort_cells(aggregate_cells(data.runs, all_specs, checkpoint), axes)
+    fastcar = aggregate_fastcar(data.runs, all_specs, checkpoint)
+    missing = find_missing(data, cells, axes)
+
+    out_dir = Path(out) if out is not None else folders[0] / "report"
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for p in out_dir.iterdir():
+            if p.is_file() and _OWN.match(p.name):
+                p.unlink()
+    except OSError as exc:
+        raise MtlbenchError(f"report folder {out_dir} is not writable ({exc.strerror or exc})") from None
+
+    files: list[Path] = []
+    blocks: list[H.FigureBlock] = []
+    skipped: list[str] = []
+    draw = any(f in formats for f in ("png", "svg", "html"))
+    several_scalings = len(axes.scalings) > 1
+    has_grid = not cells.empty
+
+    def emit(fig: Any, name: str, title: str, caption: str) -> None:
+        written, png = F.save(fig, _stem(out_dir, name), formats)
+        files.extend(written)
+        blocks.append(H.FigureBlock(title, png, caption, name))
+
+    # -- heatmaps --------------------------------------------------------------------------------------------------
+    heatmaps: dict[HeatmapKey, pd.DataFrame] = {}
+    limits: dict[str, tuple[float, float]] = {}
+    if not has_grid:
+        skipped.append("No MTL grid cells in these results: heatmaps and the accuracy-MAPE scatter are skipped.")
+    for spec in specs if has_grid else []:
+        fams = [(d, s) for s in axes.scalings for d in axes.decoders]
+        mats = {k: _grid(cells, axes, k[0], k[1], f"{spec.name}_mean", None) for k in fams}
+        finite = np.concatenate([m.to_numpy(float).ravel() for m in mats.values()])
+        finite = finite[np.isfinite(finite)]
+        vmin, vmax = (float(finite.min()), float(finite.max())) if len(finite) else (0.0, 1.0)
+        limits[spec.name] = (vmin, vmax)
+        fc_value = fastcar.get(f"{spec.name}_mean") if fastcar else None
+        fc_value = fc_value if fc_value is not None and np.isfinite(fc_value) else None
+        for dec, sc in fams:
+            key = (spec.name, dec, sc)
+            heatmaps[key] = mats[(dec, sc)]
+            name = f"heatmap_{spec.name}_{dec}" + (f"_{sc}" if several_scalings else "")
+            if "csv" in formats:
+                path = _stem(out_dir, name).with_suffix(".csv")
+                mats[(dec, sc)].to_csv(path)
+                files.append(path)
+            if not draw:
+                continue
+            fam = cells[(cells["decoder"] == dec) & (cells["target_scaling"] == sc)]
+            win = best_cell(fam, spec)
+            status = _grid(cells, axes, dec, sc, "status", "")
+            partial = _grid(cells.assign(_p=(cells["n_failed"] + cells["n_diverged"] > 0) & (cells["n_ok"] > 0)),
+                            axes, dec, sc, "_p", False).astype(bool)
+            std = _grid(cells, axes, dec, sc, f"{spec.name}_std", None)
+            fam_label = f"MTL family {dec}" + (f", {sc} targets" if several_scalings else "")
+            title = f"{_heading(spec)}: {fam_label}" + (f"   |   FastCAR: {spec.format(fc_value)}"
+                                                        if fc_value is not None else "")
+            fig = F.heatmap(mats[(dec, sc)], std, status, partial, spec, vmin, vmax, title=title, fastcar=fc_value,
+                            best=(win["architecture"], win["weighting"]) if win is not None else None)
+            best_txt = (f" Best cell ({'highest' if spec.better == 'max' else 'lowest'}, boxed): "
+                        f"{win['architecture']}+{win['weighting']} {spec.format(win[f'{spec.name}_mean'])}."
+                        if win is not None else "")
+            caption = (f"Architecture (rows) x weighting scheme (columns), {fam_label}; {spec.cbar}, test set, "
+                       f"{checkpoint} validation epoch. Each cell: mean over the seeds that finished ok "
+                       f"(± sample std when there are several; * = some seeds failed or diverged). Hatched cells "
+                       f"failed or diverged; blank cells were not run. One colour scale for every decoder "
+                       f"[{spec.format(vmin)}, {spec.format(vmax)}], lighter = better."
+                       + best_txt + (f" Red mark on the colour bar: FastCAR {spec.format(fc_value)}."
+                                     if fc_value is not None else " No FastCAR value."))
+            emit(fig, name, f"{spec.title}: {fam_label}", caption)
+
+    # -- scatter, FastCAR figures, learning curves --------------------------------------------------------------------
+    if draw and has_grid:
+        if cells["accuracy_mean"].notna().any() and cells["mape_mean"].notna().any():
+            emit(F.scatter_accuracy_mape(cells, fastcar, axes.decoders, axes.scalings), "scatter_accuracy_mape",
+                 "Accuracy vs MAPE", "Every grid cell (mean over seeds; bars = std), coloured by decoder. Dashed: "
+                 "the Pareto front (no other point has both higher accuracy and lower MAPE), its cells circled "
+                 "and named. Red star: FastCAR.")
+        else:
+            skipped.append("Accuracy-MAPE scatter skipped: no cell finished ok with both metrics.")
+    fc_runs = data.fastcar[data.fastcar["status"] == "ok"].sort_values("seed", kind="stable")
+    if draw and not fc_runs.empty:
+        fc = fc_runs.iloc[0]
+        seed_txt = f"seed {fc['seed']}" + (f", the first of {len(fc_runs)}" if len(fc_runs) > 1 else "")
+        pred = data.predictions[(data.predictions["run_id"] == fc["run_id"]) &
+                                (data.predictions["checkpoint"] == checkpoint)]
+        if not pred.empty:
+            mape, mse = fc.get(f"{checkpoint}_mape"), fc.get(f"{checkpoint}_mse")
+            title = (f"FastCAR ({seed_txt}): predicted vs true hardness\ntest set, {checkpoint} checkpoint; "
+                     f"MAPE {mape:.2f}%, MSE {mse:.1f}" if pd.notna(mape) and pd.notna(mse) else
+                     f"FastCAR ({seed_txt}): predicted vs true hardness")
+            emit(F.predictions_scatter(pred, title), "fastcar_predictions", "FastCAR: predicted vs true hardness",
+                 f"Each test image ({len(pred)}), coloured by its true class; dashed: prediction = truth. "
+                 f"Run {fc['run_id']}.")
+        else:
+            skipped.append(f"FastCAR prediction scatter skipped: no '{checkpoint}' rows in the predictions table.")
+        cm_fig = F.confusion(fc.get(f"{checkpoint}_confusion_json"),
+                             f"FastCAR ({seed_txt}): confusion matrix\naccuracy {fc.get(f'{checkpoint}_accuracy'):.2f}%"
+                             if pd.notna(fc.get(f"{checkpoint}_accuracy")) else "FastCAR: confusion matrix")
+        if cm_fig is not None:
+            emit(cm_fig, "fastcar_confusion", "FastCAR: confusion matrix",
+                 "Rows: true class, columns: class predicted (after the inverse label transform); test set.")
+        else:
+            skipped.append("FastCAR confusion matrix skipped: the run has no confusion matrix recorded.")
+    elif draw:
+        skipped.append("FastCAR figures skipped: no FastCAR run finished ok in these results.")
+    if draw:
+        curves = []
+        if not fc_runs.empty:
+            c = _mean_curve(data.epochs, list(fc_runs["run_id"]))
+            if not c.empty:
+                curves.append((f"FastCAR ({len(fc_runs)} seed{'s' if len(fc_runs) > 1 else ''})", c, True))
+        if has_grid:
+            top = cells[cells["accuracy_mean"].notna()].sort_values("accuracy_mean", ascending=False,
+                                                                    kind="stable").head(3)
+            ok_runs = data.mtl[data.mtl["status"] == "ok"]
+            for _, cell in top.iterrows():
+                ids = ok_runs[(ok_runs[list(CELL_KEY)] == cell[list(CELL_KEY)].to_numpy()).all(axis=1)]["run_id"]
+                c = _mean_curve(data.epochs, list(ids))
+                if not c.empty:
+                    label = (f"{cell['architecture']}+{cell['weighting']} / {cell['decoder']}"
+                             + (f" / {cell['target_scaling']}" if several_scalings else "")
+                             + f" ({cell['accuracy_mean']:.2f}%)")
+                    curves.append((label, c, False))
+        if curves:
+            emit(F.learning_curves(curves), "learning_curves", "Learning curves",
+                 "Validation loss, accuracy and MAPE per epoch (mean over seeds) of FastCAR and the three most "
+                 "accurate grid cells. FastCAR's loss is the MSE on its hybrid labels, so its scale differs from "
+                 "the MTL losses.")
+        else:
+            skipped.append("Learning curves skipped: the epochs table has no rows for FastCAR or the best cells.")
+
+    # -- summary and tables ----------------------------------------------------------------------------------------
+    summary = build_summary(cells, fastcar, specs, axes)
+    title = "mtlbench report: MTL grid vs FastCAR"
+    if "md" in formats:
+        path = out_dir / "summary.md"
+        path.write_text(summary_markdown(summary, axes, title=title, notes=missing))
+        files.append(path)
+    per_cell = cells_table(cells, all_specs_for_table(specs), several_scalings) if has_grid else pd.DataFrame()
+    if "csv" in formats:
+        path = out_dir / "summary.csv"
+        summary.to_csv(path, index=False)
+        files.append(path)
+        if has_grid:
+            path = out_dir / "cells.csv"
+            per_cell.to_csv(path, index=False)
+            files.append(path)
+    if "html" in formats:
+        path = out_dir / "report.html"
+        path.write_text(_html(title, data, axes, summary, cells, per_cell, fastcar, missing, blocks, skipped, specs,
+                              checkpoint), encoding="utf-8")
+        files.append(path)
+    return ReportResult(out_dir=out_dir, files=files, summary=summary, missing=missing, heatmaps=heatmaps,
+                        color_limits=limits, cells=cells, fastcar=fastcar, skipped=skipped)
+
+
+def all_specs_for_table(specs: list[MetricSpec]) -> list[MetricSpec]:
+    """The per-cell table shows the requested metrics and always accuracy, MAPE and MSE."""
+    names = [s.name for s in specs] + [m for m in ("accuracy", "mse", "mape", "time", "within8")
+                                       if m not in {s.name for s in specs}]
+    return [METRIC_SPECS[n] for n in names]
+
+
+def _html(title: str, data: Any, axes: Axes, summary: pd.DataFrame, cells: pd.DataFrame, per_cell: pd.DataFrame,
+          fastcar: dict[str, Any] | None, missing: list[str], blocks: list[H.FigureBlock], skipped: list[str],
+          specs: list[MetricSpec], checkpoint: str) -> str:
+    runs = data.runs
+    n_mtl, n_fc = int((runs["kind"] == "mtl").sum()), int((runs["kind"] == "fastcar").sum())
+    headline = [f"{len(runs)} runs: {n_mtl} MTL grid runs in {len(cells)} cells, {n_fc} FastCAR run(s); "
+                f"test metrics at the {checkpoint} validation epoch."]
+    headline += [m for m in missing if m.startswith("grid:")]
+    if fastcar is not None:
+        headline.append("FastCAR: " + ", ".join(f"{s.cbar} {s.format(fastcar.get(f'{s.name}_mean'))}" for s in specs))
+    scalings = [s for s in dict.fromkeys(summary["scaling"]) if s is not None and not pd.isna(s)]
+    if len(scalings) > 1:
+        tables = [(f"Target scaling: {s}", summary_wide(summary, s)) for s in scalings]
+        tables.append(("Side by side", summary_wide(summary)))
+    else:
+        tables = [("", summary_wide(summary))]
+    note = ("Best-type rows: the winning cell (architecture+weighting) chosen by its mean over seeds, shown as mean "
+            "± sample std over seeds. Run time: the family's mean ± std over its cells, and the fastest cell. MSE in "
+            "multiples of 1000.")
+    fc_table = None
+    if n_fc:
+        cols = ["run_id", "seed", "status", f"{checkpoint}_accuracy", f"{checkpoint}_mse", f"{checkpoint}_mape",
+                f"{checkpoint}_within8", "total_s", "label_search_s", "best_epoch", "epochs_run", "message"]
+        fc_table = runs[runs["kind"] == "fastcar"][[c for c in cols if c in runs]]
+    cell_fmt = {}
+    for s in all_specs_for_table(specs):
+        cell_fmt[f"{s.cbar} mean"] = s.fmt
+        cell_fmt[f"{s.cbar} std"] = s.fmt
+    run_id, cfg = example_config(runs)
+    protocol = value_counts(runs, PROTOCOL_FIELDS)
+    if cfg:
+        try:
+            proto = json.loads(cfg).get("protocol", {})
+            protocol += [(f"protocol.{k}", json.dumps(v)) for k, v in sorted(proto.items())]
+        except (ValueError, AttributeError):
+            pass
+    environment = value_counts(runs, ENV_FIELDS)
+    return H.page(title=title, folders=[str(f) for f in data.folders], headline=headline, summary_tables=tables,
+                  summary_note=note, missing=missing, figures=blocks, cells=per_cell, cell_fmt=cell_fmt,
+                  fastcar_table=fc_table, config=(run_id, cfg), protocol=protocol, environment=environment,
+                  skipped=skipped)

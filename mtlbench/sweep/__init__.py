@@ -1,0 +1,1 @@
+"""Sweeps: TOML specs, the grid of cells, executors."""

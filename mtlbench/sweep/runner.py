@@ -1,0 +1,122 @@
+"""Drive a sweep: plan the cells, skip finished ones, execute, write each result atomically, consolidate."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable
+
+from mtlbench.config import RunConfig
+from mtlbench.environment import resolve_device
+from mtlbench.records.store import ResultsStore
+from mtlbench.runs import CellResult
+from mtlbench.data import DeviceData, decode_images, resolve_dataset
+from mtlbench.sweep.executors import DataRef, SweepContext, make_executor
+from mtlbench.sweep.spec import SweepSpec, matches
+from mtlbench.train.loop import ProgressFn
+
+
+@dataclass
+class PlannedCell:
+    config: RunConfig
+    run_id: str
+    done: bool
+
+
+@dataclass
+class Plan:
+    cells: list[PlannedCell]
+
+    @property
+    def pending(self) -> list[PlannedCell]:
+        return [c for c in self.cells if not c.done]
+
+    @property
+    def done(self) -> list[PlannedCell]:
+        return [c for c in self.cells if c.done]
+
+
+@dataclass
+class SweepOutcome:
+    plan: Plan
+    results: list[CellResult] = field(default_factory=list)
+
+    def counts(self) -> dict[str, int]:
+        out = {"ok": 0, "failed": 0, "diverged": 0}
+        for r in self.results:
+            out[r.status] = out.get(r.status, 0) + 1
+        return out
+
+    @property
+    def all_ok(self) -> bool:
+        return all(r.status == "ok" for r in self.results)
+
+
+class SweepUI:
+    """Callbacks the CLI implements with Rich; the default does nothing."""
+
+    def start(self, plan: Plan) -> None: ...
+    def cell_start(self, cfg: RunConfig) -> None: ...
+    def cell_done(self, result: CellResult) -> None: ...
+    def progress(self, event: str, info: dict[str, Any]) -> None: ...
+    def finish(self, outcome: SweepOutcome) -> None: ...
+
+
+def data_ref(spec: SweepSpec, cache_dir: str | None) -> DataRef:
+    options = {k: v for k, v in spec.data.items() if k != "source"}
+    return DataRef(source=str(spec.data["source"]), options=options, side=spec.protocol.img_size,
+                   cache_dir=cache_dir)
+
+
+def plan_sweep(spec: SweepSpec, store: ResultsStore, fingerprint: str, *, filters: dict[str, set[str]] | None = None,
+               force: bool = False, retry_failed: bool = False) -> Plan:
+    finished = store.finished()
+    failed: set[str] = set()
+    if retry_failed and finished:
+        runs = store.read("runs")
+        failed = set(runs.loc[runs["status"] == "failed", "run_id"])
+    cells = []
+    for cfg in spec.cells():
+        if filters and not matches(cfg, filters):
+            continue
+        rid = cfg.run_id(fingerprint)
+        cells.append(PlannedCell(cfg, rid, done=(rid in finished and not force and rid not in failed)))
+    return Plan(cells)
+
+
+def run_sweep(spec: SweepSpec, out: Path, *, filters: dict[str, set[str]] | None = None, force: bool = False,
+              retry_failed: bool = False, executor: str = "sequential", executor_options: dict | None = None,
+              device: str | None = None, cache_dir: str | None = None, ui: SweepUI | None = None
+              ) -> SweepOutcome:
+    ui = ui or SweepUI()
+    if device:
+        spec = replace(spec, protocol=replace(spec.protocol, device=device))
+    store = ResultsStore(out)
+    ref = data_ref(spec, cache_dir)
+    with store.lock():
+        store.clean_temporaries()
+        dev = resolve_device(spec.protocol.device)
+        table = resolve_dataset(ref.source, cache_dir=ref.cache_dir, table_options=ref.options or None)
+        if executor == "sequential":
+            data = DeviceData.from_table(table, ref.side, dev, cache_dir=ref.cache_dir)
+        else:
+            decode_images(table, ref.side, ref.cache_dir)  # decode once here; workers memory-map the cache
+            data = None
+        plan = plan_sweep(spec, store, table.fingerprint(), filters=filters, force=force, retry_failed=retry_failed)
+        outcome = SweepOutcome(plan)
+        ui.start(plan)
+        ctx = SweepContext(name=spec.name, data_ref=ref, table=table, data=data, device=spec.protocol.device)
+
+        def on_result(result: CellResult) -> None:
+            store.write_cell(result.run_id, result.tables)   # atomic: this cell is now finished for good
+            outcome.results.append(result)
+            ui.cell_done(result)
+
+        try:
+            if plan.pending:
+                make_executor(executor, **(executor_options or {})).run(
+                    [c.config for c in plan.pending], ctx, ui.cell_start, on_result, ui.progress)
+        finally:
+            store.consolidate()
+        ui.finish(outcome)
+    return outcome

@@ -1,0 +1,181 @@
+"""Sweep specs (TOML): data set, protocol, axes, FastCAR. Errors name the key and the allowed values.
+
+Example::
+
+    name = "paper"
+    [data]
+    source = "steel"            # default | steel | a folder in the published layout | a .csv/.xlsx/.parquet table
+    [protocol]
+    epochs = 100
+    batch_size = 32
+    img_size = 224
+    [axes]
+    architectures = "all"      # or a list of names
+    weightings = "all"
+    decoders = "all"
+    target_scaling = ["none"]
+    seeds = [0]
+    [fastcar]
+    enabled = true
+    gap = 50.0
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from mtlbench.config import TARGET_SCALINGS, FastCARSettings, Protocol, RunConfig, protocol_from_dict
+from mtlbench.errors import ConfigError
+from mtlbench.methods.architectures import ARCHITECTURES
+from mtlbench.methods.weightings import WEIGHTINGS
+from mtlbench.models.decoders import DECODERS
+from mtlbench.registry import Registry
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+SPEC_DIR = Path(__file__).resolve().parents[2] / "sweeps"
+TOP_KEYS = {"name", "description", "data", "protocol", "axes", "fastcar", "arch_args", "weight_args"}
+AXES_KEYS = {"architectures", "weightings", "decoders", "target_scaling", "seeds"}
+DATA_KEYS = {"source", "image_col", "class_col", "target_col", "split_col", "seed"}
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    name: str
+    data: dict[str, Any]
+    protocol: Protocol
+    architectures: tuple[str, ...]
+    weightings: tuple[str, ...]
+    decoders: tuple[str, ...]
+    target_scaling: tuple[str, ...] = ("none",)
+    seeds: tuple[int, ...] = (0,)
+    fastcar: FastCARSettings | None = field(default_factory=FastCARSettings)
+    arch_args: dict[str, dict] = field(default_factory=dict)      # per architecture overrides
+    weight_args: dict[str, dict] = field(default_factory=dict)    # per weighting overrides
+    description: str = ""
+
+    def cells(self) -> list[RunConfig]:
+        """Every run of the sweep, in a stable order: FastCAR first (per seed), then the grid."""
+        out: list[RunConfig] = []
+        if self.fastcar is not None:
+            out += [RunConfig(kind="fastcar", protocol=self.protocol, seed=s, fastcar=self.fastcar)
+                    for s in self.seeds]
+        for seed in self.seeds:
+            for scaling in self.target_scaling:
+                for dec in self.decoders:
+                    for arch in self.architectures:
+                        for w in self.weightings:
+                            out.append(RunConfig(kind="mtl", protocol=self.protocol, seed=seed, architecture=arch,
+                                                 weighting=w, decoder=dec, target_scaling=scaling,  # type: ignore
+                                                 arch_args=self.arch_args.get(arch, {}),
+                                                 weight_args=self.weight_args.get(w, {})))
+        return out
+
+
+def _names(value: Any, registry: Registry, key: str) -> tuple[str, ...]:
+    if value == "all":
+        return tuple(registry.names())
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not value:
+        raise ConfigError(f"axes.{key} must be \"all\" or a non-empty list of: {', '.join(registry.names())}")
+    out = []
+    for v in value:
+        if v not in registry:
+            raise ConfigError(f"axes.{key}: unknown {registry.kind} {v!r}; allowed: {', '.join(registry.names())}")
+        out.append(registry.canonical(v))
+    return tuple(dict.fromkeys(out))
+
+
+def _check_keys(section: dict, allowed: set[str], where: str) -> None:
+    for key in section:
+        if key not in allowed:
+            prefix = f"{where}." if where else ""
+            raise ConfigError(f"unknown key {prefix}{key}; allowed: {', '.join(sorted(allowed))}")
+
+
+def parse_spec(raw: dict[str, Any], default_name: str = "sweep") -> SweepSpec:
+    _check_keys(raw, TOP_KEYS, "")
+    data = dict(raw.get("data", {}))
+    _check_keys(data, DATA_KEYS, "data")
+    data.setdefault("source", "default")
+    protocol = protocol_from_dict(raw.get("protocol", {}))
+    axes = dict(raw.get("axes", {}))
+    _check_keys(axes, AXES_KEYS, "axes")
+    scalings = axes.get("target_scaling", ["none"])
+    scalings = list(TARGET_SCALINGS) if scalings == "all" else ([scalings] if isinstance(scalings, str) else scalings)
+    for s in scalings:
+        if s not in TARGET_SCALINGS:
+            raise ConfigError(f"axes.target_scaling: unknown value {s!r}; allowed: {', '.join(TARGET_SCALINGS)}")
+    seeds = axes.get("seeds", [0])
+    seeds = [seeds] if isinstance(seeds, int) else seeds
+    if not isinstance(seeds, list) or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        raise ConfigError(f"axes.seeds must be a list of integers, got {seeds!r}")
+    fc_raw = dict(raw.get("fastcar", {"enabled": True}))
+    enabled = fc_raw.pop("enabled", True)
+    _check_keys(fc_raw, {f.name for f in fields(FastCARSettings)}, "fastcar")
+    fastcar = replace(FastCARSettings(), **fc_raw) if enabled else None
+    return SweepSpec(
+        name=str(raw.get("name", default_name)), description=str(raw.get("description", "")), data=data,
+        protocol=protocol,
+        architectures=_names(axes.get("architectures", "all"), ARCHITECTURES, "architectures"),
+        weightings=_names(axes.get("weightings", "all"), WEIGHTINGS, "weightings"),
+        decoders=_names(axes.get("decoders", "all"), DECODERS, "decoders"),
+        target_scaling=tuple(dict.fromkeys(scalings)), seeds=tuple(dict.fromkeys(seeds)), fastcar=fastcar,
+        arch_args={ARCHITECTURES.canonical(k): v for k, v in raw.get("arch_args", {}).items()},
+        weight_args={WEIGHTINGS.canonical(k): v for k, v in raw.get("weight_args", {}).items()})
+
+
+def load_spec(path_or_name: str | Path) -> SweepSpec:
+    """A spec file, or the name of one shipped in ``sweeps/`` (``paper``, ``smoke``, ``demo``)."""
+    path = Path(path_or_name)
+    if not path.exists():
+        candidate = SPEC_DIR / f"{path_or_name}.toml"
+        if candidate.exists():
+            path = candidate
+        else:
+            shipped = ", ".join(sorted(p.stem for p in SPEC_DIR.glob("*.toml"))) if SPEC_DIR.exists() else "none"
+            raise ConfigError(f"sweep spec {path_or_name} not found (shipped specs: {shipped})")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"sweep spec {path}: invalid TOML ({exc})") from None
+    except OSError as exc:
+        raise ConfigError(f"sweep spec {path}: cannot read ({exc.strerror})") from None
+    try:
+        return parse_spec(raw, default_name=path.stem)
+    except TypeError as exc:
+        raise ConfigError(f"sweep spec {path}: {exc}") from None
+
+
+def parse_filters(only: list[str] | None) -> dict[str, set[str]]:
+    """``--only arch=MTAN,weighting=IMTL`` -> {"architecture": {"MTAN"}, "weighting": {"IMTL"}} (``|`` for OR)."""
+    keys = {"arch": "architecture", "architecture": "architecture", "weighting": "weighting",
+            "decoder": "decoder", "scaling": "target_scaling", "target_scaling": "target_scaling",
+            "seed": "seed", "kind": "kind"}
+    out: dict[str, set[str]] = {}
+    for chunk in only or []:
+        for item in chunk.split(","):
+            if not item.strip():
+                continue
+            if "=" not in item:
+                raise ConfigError(f"--only filter {item!r} must look like key=value; keys: {', '.join(sorted(keys))}")
+            k, v = (s.strip() for s in item.split("=", 1))
+            if k not in keys:
+                raise ConfigError(f"--only: unknown key {k!r}; allowed: {', '.join(sorted(keys))}")
+            out.setdefault(keys[k], set()).update(x.lower() for x in v.split("|"))
+    return out
+
+
+def matches(cfg: RunConfig, filters: dict[str, set[str]]) -> bool:
+    for key, values in filters.items():
+        value = getattr(cfg, key)
+        if value is None or str(value).lower() not in values:
+            return False
+    return True

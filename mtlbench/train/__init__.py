@@ -1,0 +1,1 @@
+"""Training: one loop for FastCAR and every MTL cell."""

@@ -1,0 +1,143 @@
+"""What the loop trains: a :class:`Learner` turns a batch into task losses and a backward pass, and a batch of
+images into predicted classes and targets in original units."""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mtlbench.fastcar.transform import LabelTransform
+
+
+def autocast_for(device: torch.device, enabled: bool) -> Any:
+    """bf16 autocast on CUDA when enabled (losses are computed in float32 outside it)."""
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+class Learner(Protocol):
+    module: nn.Module
+    task_names: tuple[str, ...]
+
+    def train_step(self, x: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        """Forward, backward (gradients set, optimizer not stepped); returns (detached task losses [k], weights)."""
+
+    def eval_batch(self, x: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(summed validation loss of the batch, predicted class, predicted target in original units)."""
+
+    def start_epoch(self, epoch: int, epochs: int) -> None: ...
+
+    def end_epoch(self, epoch: int, mean_task_losses: np.ndarray) -> None: ...
+
+
+class MTLLearner:
+    """A LibMTL architecture x weighting model: cross-entropy + MSE, the weighting's ``backward`` combines them."""
+
+    task_names = ("cls", "reg")
+
+    def __init__(self, module: nn.Module, backward_kwargs: dict, *, epochs: int, target_mean: float = 0.0,
+                 target_std: float = 1.0, amp: bool = False) -> None:
+        self.module = module
+        self.backward_kwargs = backward_kwargs
+        self.target_mean, self.target_std = float(target_mean), float(target_std)
+        self.amp = amp
+        self.device = next(module.parameters()).device
+        # LibMTL's GradNorm / DWA read the per-epoch mean training losses from this buffer.
+        module.train_loss_buffer = np.zeros((len(self.task_names), epochs))
+
+    def _scale(self, targets: torch.Tensor) -> torch.Tensor:
+        return (targets - self.target_mean) / self.target_std
+
+    def _losses(self, x: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        with autocast_for(self.device, self.amp):
+            out = self.module(x)
+        ce = F.cross_entropy(out["cls"].float(), labels)
+        mse = F.mse_loss(out["reg"].float().reshape(-1), self._scale(targets))
+        return torch.stack([ce, mse]), out
+
+    def train_step(self, x, labels, targets):
+        losses, _ = self._losses(x, labels, targets)
+        weights = self.module.backward(losses, **self.backward_kwargs)
+        return losses.detach(), weights
+
+    @torch.no_grad()
+    def eval_batch(self, x, labels, targets):
+        losses, out = self._losses(x, labels, targets)
+        pred_cls = out["cls"].argmax(1)
+        pred_target = out["reg"].float().reshape(-1) * self.target_std + self.target_mean
+        return losses.sum() * x.shape[0], pred_cls, pred_target
+
+    def start_epoch(self, epoch: int, epochs: int) -> None:
+        self.module.epoch = epoch - 1   # LibMTL counts epochs from 0
+        self.module.epochs = epochs
+
+    def end_epoch(self, epoch: int, mean_task_losses: np.ndarray) -> None:
+        buf = self.module.train_loss_buffer
+        if epoch - 1 < buf.shape[1]:
+            buf[:, epoch - 1] = mean_task_losses
+
+
+class FastCARLearner:
+    """FastCAR: a single-task regressor on hybrid labels; classes and targets come back by the inverse transform."""
+
+    task_names = ("hybrid",)
+
+    def __init__(self, module: nn.Module, transform: LabelTransform, *, amp: bool = False) -> None:
+        self.module = module
+        self.transform = transform
+        self.amp = amp
+        self.device = next(module.parameters()).device
+        self.constants = torch.tensor(transform.constants, dtype=torch.float32, device=self.device)
+        ranges = torch.tensor(transform.ranges(), dtype=torch.float32, device=self.device)
+        self.lo, self.hi = ranges[:, 0], ranges[:, 1]
+        self.track_grad = False
+        self._grad_sum = torch.zeros((), device=self.device)
+        self._grad_steps = 0
+
+    def hybrid(self, labels: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return targets + self.constants[labels] - self.transform.centre
+
+    def inverse(self, pred: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Device-side twin of :meth:`LabelTransform.inverse`."""
+        p = pred.reshape(-1, 1)
+        dist = (self.lo[None] - p).clamp(min=0) + (p - self.hi[None]).clamp(min=0)
+        cls = dist.argmin(1)
+        return cls, pred.reshape(-1) + self.transform.centre - self.constants[cls]
+
+    def train_step(self, x, labels, targets):
+        with autocast_for(self.device, self.amp):
+            out = self.module(x)
+        loss = F.mse_loss(out.float().reshape(-1), self.hybrid(labels, targets))
+        loss.backward()
+        if self.track_grad:
+            # The one-epoch test's statistic: mean |gradient| over every parameter element, averaged over steps.
+            grads = [p.grad for p in self.module.parameters() if p.grad is not None]
+            total = sum(g.abs().sum() for g in grads)
+            self._grad_sum = self._grad_sum + total / sum(g.numel() for g in grads)
+            self._grad_steps += 1
+        return loss.detach().reshape(1), None
+
+    def mean_grad(self) -> float:
+        return float(self._grad_sum) / max(self._grad_steps, 1)
+
+    @torch.no_grad()
+    def eval_batch(self, x, labels, targets):
+        with autocast_for(self.device, self.amp):
+            out = self.module(x)
+        out = out.float().reshape(-1)
+        loss = F.mse_loss(out, self.hybrid(labels, targets), reduction="sum")
+        cls, target = self.inverse(out)
+        return loss, cls, target
+
+    def start_epoch(self, epoch: int, epochs: int) -> None:
+        pass
+
+    def end_epoch(self, epoch: int, mean_task_losses: np.ndarray) -> None:
+        pass

@@ -1,0 +1,198 @@
+"""The training loop: Adam + ReduceLROnPlateau on the validation loss, test metrics at the best-validation epoch
+and at the last epoch (FastCAR paper, sec. 4.1). Losses and metrics accumulate on the device; the host reads them
+once per epoch, so a step never waits for the device except where a LibMTL weighting itself does."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from mtlbench.config import Protocol
+from mtlbench.errors import Diverged
+from mtlbench.metrics import task_metrics
+from mtlbench.train.learners import Learner
+
+ProgressFn = Callable[[str, dict[str, Any]], None]
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@dataclass
+class Predictions:
+    index: np.ndarray
+    true_class: np.ndarray
+    pred_class: np.ndarray
+    true_target: np.ndarray
+    pred_target: np.ndarray
+
+    def metrics(self, num_classes: int) -> dict[str, Any]:
+        return task_metrics(self.true_class, self.pred_class, self.true_target, self.pred_target, num_classes)
+
+
+@dataclass
+class TrainState:
+    epochs: list[dict] = field(default_factory=list)
+    weights: list[dict] = field(default_factory=list)
+    best_val: float = float("inf")
+    best_epoch: int = 0
+    best_state: dict[str, torch.Tensor] | None = None
+    train_s: float = 0.0
+    images: int = 0
+
+
+class Trainer:
+    """Trains one learner on one data set, epoch by epoch (so FastCAR can continue after its one-epoch test)."""
+
+    def __init__(self, learner: Learner, data: Any, protocol: Protocol, *, seed: int,
+                 progress: ProgressFn | None = None) -> None:
+        self.learner, self.data, self.protocol = learner, data, protocol
+        self.module = learner.module
+        self.device = next(self.module.parameters()).device
+        self.progress = progress or (lambda event, info: None)
+        params = [p for p in self.module.parameters() if p.requires_grad]
+        opt_kwargs: dict[str, Any] = {"lr": protocol.lr, "weight_decay": protocol.weight_decay}
+        if self.device.type == "cuda":
+            opt_kwargs["fused"] = True
+        else:
+            opt_kwargs["foreach"] = True
+        self.optimizer = torch.optim.Adam(params, **opt_kwargs)
+        self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            self.optimizer, mode="min", factor=protocol.plateau_factor, patience=protocol.plateau_patience)
+        self.generator = torch.Generator(device=self.device)
+        self.generator.manual_seed(seed)
+        self.state = TrainState()
+
+    @property
+    def epoch(self) -> int:
+        return len(self.state.epochs)
+
+    def steps_per_epoch(self) -> int:
+        n = self.data.num_batches("train", self.protocol.batch_size, drop_last=self._drop_last())
+        cap = self.protocol.max_steps_per_epoch
+        return min(n, cap) if cap else n
+
+    def _drop_last(self) -> bool:
+        # BatchNorm1d in the decoders cannot train on a batch of one.
+        n = len(self.data.splits["train"].labels)
+        return n % self.protocol.batch_size == 1
+
+    def train_epoch(self) -> dict[str, Any]:
+        epoch = self.epoch + 1
+        p = self.protocol
+        self.learner.start_epoch(epoch, p.epochs)
+        self.module.train()
+        steps = self.steps_per_epoch()
+        loss_sum = torch.zeros(len(self.learner.task_names), device=self.device)
+        weights: list[np.ndarray] = []
+        sync(self.device)
+        t0 = time.perf_counter()
+        n_images = 0
+        batches = self.data.batches("train", p.batch_size, shuffle=True, generator=self.generator, flip=p.flip,
+                                    channels_last=p.channels_last, drop_last=self._drop_last())
+        for step, (x, labels, targets, _) in enumerate(batches):
+            if step >= steps:
+                break
+            self.optimizer.zero_grad(set_to_none=True)
+            losses, w = self.learner.train_step(x, labels, targets)
+            self.optimizer.step()
+            loss_sum += losses
+            n_images += x.shape[0]
+            if w is not None:
+                weights.append(np.asarray(w, dtype=np.float64).reshape(-1))
+            self.progress("step", {"epoch": epoch, "step": step + 1, "steps": steps})
+        sync(self.device)
+        seconds = time.perf_counter() - t0
+        mean_losses = (loss_sum / max(steps, 1)).tolist()
+        self.state.train_s += seconds
+        self.state.images += n_images
+        if not np.all(np.isfinite(mean_losses)):
+            raise Diverged(epoch, f"training loss became {mean_losses} in epoch {epoch}")
+        self.learner.end_epoch(epoch, np.asarray(mean_losses))
+        val = self.evaluate("valid")
+        if not np.isfinite(val["loss"]):
+            raise Diverged(epoch, f"validation loss became {val['loss']} in epoch {epoch}")
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.scheduler.step(val["loss"])
+        if val["loss"] < self.state.best_val:
+            self.state.best_val, self.state.best_epoch = val["loss"], epoch
+            self.state.best_state = {k: v.detach().clone() for k, v in self.module.state_dict().items()}
+        names = self.learner.task_names
+        record = {"epoch": epoch, "lr": lr, "seconds": seconds, "train_loss": float(sum(mean_losses)),
+                  "train_loss_cls": mean_losses[0] if names[0] == "cls" else None,
+                  "train_loss_reg": mean_losses[1] if len(names) > 1 else None,
+                  "val_loss": val["loss"], "val_accuracy": val["accuracy"], "val_mse": val["mse"],
+                  "val_mape": val["mape"]}
+        self.state.epochs.append(record)
+        if weights:
+            w = np.stack(weights)
+            for i, task in enumerate(names):
+                self.state.weights.append({"epoch": epoch, "task": task, "weight": float(w[:, i].mean()),
+                                           "weight_std": float(w[:, i].std())})
+        self.progress("epoch", record)
+        return record
+
+    @torch.no_grad()
+    def predict(self, split: str) -> tuple[float, Predictions]:
+        self.module.eval()
+        loss = torch.zeros((), device=self.device)
+        parts: list[tuple[torch.Tensor, ...]] = []
+        for x, labels, targets, index in self.data.batches(split, max(self.protocol.batch_size, 64),
+                                                           channels_last=self.protocol.channels_last):
+            batch_loss, cls, target = self.learner.eval_batch(x, labels, targets)
+            loss += batch_loss
+            parts.append((index, labels, cls, targets, target))
+        n = sum(int(part[0].shape[0]) for part in parts)
+        cols = [torch.cat([part[i] for part in parts]).cpu().numpy() for i in range(5)]
+        return float(loss) / max(n, 1), Predictions(cols[0], cols[1], cols[2], cols[3].astype(np.float64),
+                                                    cols[4].astype(np.float64))
+
+    def evaluate(self, split: str) -> dict[str, Any]:
+        loss, preds = self.predict(split)
+        m = preds.metrics(self.data.num_classes)
+        return {"loss": loss, **m}
+
+    def fit(self, epochs: int | None = None) -> None:
+        target = epochs if epochs is not None else self.protocol.epochs
+        while self.epoch < target:
+            self.train_epoch()
+
+    def final_predictions(self) -> tuple[Predictions, Predictions]:
+        """Test predictions at the last epoch and at the best-validation epoch (its weights restored)."""
+        _, last = self.predict("test")
+        if self.state.best_state is not None and self.state.best_epoch != self.epoch:
+            current = {k: v.detach().clone() for k, v in self.module.state_dict().items()}
+            self.module.load_state_dict(self.state.best_state)
+            _, best = self.predict("test")
+            self.module.load_state_dict(current)
+        else:
+            best = last
+        return best, last
+
+    @torch.no_grad()
+    def latency_ms(self) -> tuple[float, float]:
+        """Median inference latency per call: one image, and one full batch."""
+        self.module.eval()
+        side = self.data.side
+        out = []
+        for b in (1, self.protocol.batch_size):
+            x = torch.randn(b, 3, side, side, device=self.device)
+            if self.protocol.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            forward = getattr(self.learner, "forward_only", None) or self.module
+            forward(x)  # warm-up
+            times = []
+            for _ in range(max(1, self.protocol.latency_repeats)):
+                sync(self.device)
+                t0 = time.perf_counter()
+                forward(x)
+                sync(self.device)
+                times.append(time.perf_counter() - t0)
+            out.append(float(np.median(times)) * 1000.0)
+        return out[0], out[1]

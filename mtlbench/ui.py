@@ -1,0 +1,109 @@
+"""Rich live progress and result tables for the CLI."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from mtlbench.config import RunConfig
+from mtlbench.runs import CellResult
+from mtlbench.sweep.runner import Plan, SweepOutcome, SweepUI
+
+
+def _fmt(value: Any, digits: int = 2) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    return str(value)
+
+
+def result_table(rows: list[dict], title: str) -> Table:
+    """Best-validation-epoch test metrics of finished runs."""
+    table = Table(title=title, header_style="bold")
+    for col, justify in (("run", "left"), ("status", "left"), ("accuracy %", "right"), ("MAPE %", "right"),
+                         ("MSE", "right"), ("MAE", "right"), ("within 8 %", "right"), ("best epoch", "right"),
+                         ("time s", "right")):
+        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    for r in rows:
+        name = "FastCAR" if r["kind"] == "fastcar" else f"{r['architecture']}+{r['weighting']}/{r['decoder']}"
+        colour = {"ok": "green", "failed": "red", "diverged": "yellow"}.get(r["status"], "white")
+        table.add_row(name, f"[{colour}]{r['status']}[/]", _fmt(r.get("best_accuracy")), _fmt(r.get("best_mape")),
+                      _fmt(r.get("best_mse"), 1), _fmt(r.get("best_mae")), _fmt(r.get("best_within8"), 1),
+                      _fmt(r.get("best_epoch")), _fmt(r.get("total_s"), 1))
+    return table
+
+
+class RunProgress:
+    """Live progress of one run: label-search attempts, then an epoch bar with the current metrics."""
+
+    def __init__(self, console: Console, epochs: int) -> None:
+        self.console = console
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[metrics]}"),
+                                 console=console, transient=False)
+        self.epochs = epochs
+        self.task = None
+
+    def __enter__(self) -> "RunProgress":
+        self.progress.start()
+        self.task = self.progress.add_task("epochs", total=self.epochs, metrics="")
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.progress.stop()
+
+    def __call__(self, event: str, info: dict[str, Any]) -> None:
+        if event == "label_search":
+            verdict = "[green]accepted[/]" if info["accepted"] else "[yellow]too steep[/]"
+            self.progress.console.print(f"label search attempt {info['attempt']}: gap {info['gap']:.2f}, mean |grad| "
+                                        f"{info['mean_grad']:.4f} -> {verdict} ({info['seconds']:.1f} s)")
+        elif event == "epoch":
+            self.progress.update(self.task, completed=min(info["epoch"], self.epochs), metrics=(
+                f"val loss {info['val_loss']:.4g}  acc {info['val_accuracy']:.1f}%  MAPE {info['val_mape']:.1f}%"))
+
+
+class RichSweepUI(SweepUI):
+    """Overall bar with ETA, the current cell's epoch bar and metrics, counts of ok / failed / diverged."""
+
+    def __init__(self, console: Console, epochs: int) -> None:
+        self.console = console
+        self.epochs = epochs
+        self.counts = {"ok": 0, "failed": 0, "diverged": 0}
+        self.bars = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
+                                 console=console)
+        self.overall = self.cell = None
+
+    def start(self, plan: Plan) -> None:
+        self.console.print(f"{len(plan.cells)} cells: {len(plan.done)} already finished, "
+                           f"{len(plan.pending)} to run")
+        self.bars.start()
+        self.overall = self.bars.add_task("sweep", total=len(plan.pending), info=self._counts())
+        self.cell = self.bars.add_task("cell", total=self.epochs, info="")
+
+    def _counts(self) -> str:
+        c = self.counts
+        return f"[green]ok {c['ok']}[/] [red]failed {c['failed']}[/] [yellow]diverged {c['diverged']}[/]"
+
+    def cell_start(self, cfg: RunConfig) -> None:
+        self.bars.reset(self.cell, total=self.epochs, description=cfg.label[:48], info="")
+
+    def progress(self, event: str, info: dict[str, Any]) -> None:  # type: ignore[override]
+        if event == "epoch":
+            self.bars.update(self.cell, completed=min(info["epoch"], self.epochs), info=(
+                f"val acc {info['val_accuracy']:.1f}%  MAPE {info['val_mape']:.1f}%"))
+
+    def cell_done(self, result: CellResult) -> None:
+        self.counts[result.status] = self.counts.get(result.status, 0) + 1
+        self.bars.advance(self.overall)
+        self.bars.update(self.overall, info=self._counts())
+        if result.status != "ok":
+            self.bars.console.print(f"[red]{result.status}[/] {result.run_id}: {result.message}")
+
+    def finish(self, outcome: SweepOutcome) -> None:
+        self.bars.stop()
