@@ -295,3 +295,19 @@ def test_pareto_front():
     acc = np.array([99.0, 95.0, 98.0, 90.0])
     mape = np.array([50.0, 2.0, 60.0, 3.0])
     assert pareto_front(acc, mape).tolist() == [True, True, False, False]
+
+
+def test_axis_order_without_registry(tmp_path, monkeypatch):
+    """If the registries cannot be imported (another module not ready), axes follow first appearance."""
+    import mtlbench.report.data as data
+
+    monkeypatch.setattr(data, "registry_names", lambda kind: None)
+    store = ResultsStore(tmp_path / "r")
+    for rid, arch, w in (("a1", "MTAN", "UW"), ("a2", "HPS", "EW"), ("a3", "MTAN", "EW")):
+        store.write_cell(rid, {"runs": [_row(rid, arch=arch, weighting=w, decoder="decoder1", acc=50.0, mse=1.0,
+                                             mape=2.0, total_s=3.0)]})
+    res = render_report([tmp_path / "r"], formats=("csv",))
+    drawn = res.heatmaps[("accuracy", "decoder1", "none")]
+    assert list(drawn.index) == ["MTAN", "HPS"] and list(drawn.columns) == ["UW", "EW"]
+    assert np.isnan(drawn.loc["HPS", "UW"])
+    assert any("not run: HPS+UW / decoder1" in m for m in res.missing)

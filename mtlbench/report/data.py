@@ -322,9 +322,12 @@ def find_missing(results: Results, cells: pd.DataFrame, axes: Axes) -> list[str]
     not_run = [c for c in expected if c not in present]
     n_failed = int((cells["status"] == "failed").sum())
     n_div = int((cells["status"] == "diverged").sum())
-    shape = (f"{len(axes.architectures)} architectures x {len(axes.weightings)} weightings x "
-             f"{len(axes.decoders)} decoders" + (f" x {len(axes.scalings)} target scalings" if several_scalings
-                                                 else ""))
+    def n(count: int, word: str) -> str:
+        return f"{count} {word}{'' if count == 1 else 's'}"
+
+    shape = " x ".join([n(len(axes.architectures), "architecture"), n(len(axes.weightings), "weighting"),
+                        n(len(axes.decoders), "decoder")] +
+                       ([n(len(axes.scalings), "target scaling")] if several_scalings else []))
     msgs.insert(len(results.notes), f"grid: {len(expected) - len(not_run)} of {len(expected)} cells run ({shape}); "
                                     f"{len(not_run)} not run, {n_failed} failed, {n_div} diverged")
     for a, w, d, s in not_run:

@@ -17,8 +17,7 @@ from mtlbench.report import html as H
 from mtlbench.report.data import (CELL_KEY, ENV_FIELDS, METRIC_SPECS, PROTOCOL_FIELDS, Axes, MetricSpec,
                                   aggregate_cells, aggregate_fastcar, axes_of, example_config, find_missing,
                                   load_results, metric_specs, value_counts)
-from mtlbench.report.tables import (best_cell, build_summary, cells_table, markdown_table, summary_markdown,
-                                    summary_wide)
+from mtlbench.report.tables import best_cell, build_summary, cells_table, summary_markdown, summary_wide
 
 FORMATS = ("png", "svg", "md", "csv", "html")
 DEFAULT_METRICS = ("accuracy", "mse", "mape", "time")

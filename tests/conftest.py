@@ -1,0 +1,47 @@
+"""Shared fixtures: a per-session cache, tiny synthetic data sets, and the smoke sweep run once."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_STEEL = REPO.parent / "shared" / "datasets" / "advanced-steel-property"
+
+# Tests measure behaviour, not speed: one thread avoids OpenMP thrashing when pytest shares the CPU.
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("cache")
+    os.environ["MTLBENCH_CACHE"] = str(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny synthetic set in the published layout: 6 classes x (8, 3, 3) images of 32 px."""
+    from mtlbench.data.synth import write_synthetic
+
+    return write_synthetic(tmp_path_factory.mktemp("tiny") / "data", per_class=(8, 3, 3), image_size=32, seed=1)
+
+
+def run_cli(*args: str, cache: Path, cwd: Path | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
+    env = {**os.environ, "MTLBENCH_CACHE": str(cache), "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
+    return subprocess.run([sys.executable, "-m", "mtlbench", *args], capture_output=True, text=True, env=env,
+                          cwd=cwd or REPO, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def smoke_results(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Path:
+    """The shipped smoke sweep (all 204 cells + FastCAR), run once per session through the real CLI."""
+    out = tmp_path_factory.mktemp("smoke") / "results"
+    proc = run_cli("sweep", "smoke", "--out", str(out), cache=cache_dir, timeout=3000)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return out
