@@ -1,0 +1,67 @@
+"""The whole grid: every one of the 204 cells (and FastCAR) builds, takes training steps and writes sane records.
+
+Runs the shipped smoke sweep once per session through the real CLI (see conftest.smoke_results)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mtlbench.methods.architectures import ARCHITECTURES
+from mtlbench.methods.weightings import WEIGHTINGS
+from mtlbench.models.decoders import DECODERS
+
+
+@pytest.fixture(scope="module")
+def runs(smoke_results):
+    return pd.read_parquet(smoke_results / "runs.parquet")
+
+
+def test_every_cell_built_stepped_and_is_ok(runs):
+    assert len(runs) == 205 and runs.run_id.is_unique
+    bad = runs[runs.status != "ok"]
+    assert bad.empty, bad[["architecture", "weighting", "decoder", "status", "message"]].to_string()
+    grid = runs[runs.kind == "mtl"]
+    expected = {(a, w, d) for a in ARCHITECTURES.names() for w in WEIGHTINGS.names() for d in DECODERS.names()}
+    assert set(zip(grid.architecture, grid.weighting, grid.decoder)) == expected
+    assert (runs.kind == "fastcar").sum() == 1
+
+
+def test_every_cell_wrote_sane_metrics(runs):
+    for col in ("best_accuracy", "last_accuracy", "best_within8"):
+        assert runs[col].between(0, 100).all(), col
+    for col in ("best_mse", "best_rmse", "best_mae", "best_mape", "total_s", "train_s", "train_images_per_s",
+                "latency_b1_ms", "latency_batch_ms", "peak_mem_mb"):
+        assert np.isfinite(runs[col]).all() and (runs[col] > 0).all(), col
+    assert (runs.epochs_run == 1).all() and (runs.best_epoch == 1).all()
+    np.testing.assert_allclose(runs.best_rmse, np.sqrt(runs.best_mse))
+    for cm in runs.best_confusion_json:
+        m = np.array(json.loads(cm))
+        assert m.shape == (6, 6) and m.sum() == runs.n_test.iloc[0]
+    # more shared encoders -> more parameters: MMoE/CGC (3 ResNet-18s) > Cross-stitch/LTB (2) > HPS (1)
+    p = runs[runs.decoder == "decoder1"].groupby("architecture").params.min()
+    assert p["MMoE"] > p["Cross_stitch"] > p["HPS"] and p["CGC"] > p["LTB"] > p["HPS"]
+
+
+def test_every_cell_recorded_its_hyper_parameters_and_weights(smoke_results, runs):
+    grid = runs[runs.kind == "mtl"]
+    for _, r in grid.iterrows():
+        hp = json.loads(r.hparams_json)
+        assert hp["architecture"]["img_size"] == [3, 32, 32]
+        assert hp["weighting"] == {k: v for k, v in WEIGHTINGS.entry(r.weighting).defaults.items() if k != "rep_grad"}
+    weights = pd.read_parquet(smoke_results / "weights.parquet")
+    have = set(weights.run_id)
+    no_weights = set(grid[~grid.run_id.isin(have)].weighting)
+    assert no_weights <= {"GradDrop"}, no_weights   # LibMTL's GradDrop returns no weights
+    assert np.isfinite(weights.weight).all()
+
+
+def test_epochs_and_predictions_tables(smoke_results, runs):
+    epochs = pd.read_parquet(smoke_results / "epochs.parquet")
+    assert set(epochs.run_id) == set(runs.run_id) and epochs.val_loss.notna().all()
+    preds = pd.read_parquet(smoke_results / "predictions.parquet")
+    assert len(preds) == 205 * 2 * runs.n_test.iloc[0]
+    assert preds.true_target.between(100, 1500).all()
