@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -238,6 +239,10 @@ def report(
 
 
 def main() -> None:
+    # Worker processes (local executor) inherit these: glibc then keeps freed gradient-sized blocks instead of
+    # unmapping them, which halves the step time of gradient weightings on a CPU (README, Performance).
+    os.environ.setdefault("MALLOC_MMAP_THRESHOLD_", str(2**32))
+    os.environ.setdefault("MALLOC_TRIM_THRESHOLD_", str(2**32))
     try:
         app()
     except MtlbenchError as exc:

@@ -24,6 +24,15 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def make_adam(params: list, lr: float, weight_decay: float) -> torch.optim.Adam:
+    """Adam with the fused kernel (CUDA, and CPU on torch >= 2.4: one pass over the parameters, 6x faster than
+    foreach for Decoder-2's 61M parameters on a 2-core CPU), else the foreach implementation."""
+    try:
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=True)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, foreach=True)
+
+
 @dataclass
 class Predictions:
     index: np.ndarray
@@ -57,12 +66,7 @@ class Trainer:
         self.device = next(self.module.parameters()).device
         self.progress = progress or (lambda event, info: None)
         params = [p for p in self.module.parameters() if p.requires_grad]
-        opt_kwargs: dict[str, Any] = {"lr": protocol.lr, "weight_decay": protocol.weight_decay}
-        if self.device.type == "cuda":
-            opt_kwargs["fused"] = True
-        else:
-            opt_kwargs["foreach"] = True
-        self.optimizer = torch.optim.Adam(params, **opt_kwargs)
+        self.optimizer = make_adam(params, protocol.lr, protocol.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
             self.optimizer, mode="min", factor=protocol.plateau_factor, patience=protocol.plateau_patience)
         self.generator = torch.Generator(device=self.device)
