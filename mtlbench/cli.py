@@ -154,8 +154,8 @@ def sweep(
     """Train the grid of architectures x weightings x decoders (and FastCAR) from a spec; resumable."""
     from mtlbench.records.store import ResultsStore
     from mtlbench.sweep.executors import EXECUTORS
-    from mtlbench.sweep.runner import plan_sweep, run_sweep
-    from mtlbench.sweep.spec import load_spec, parse_filters
+    from mtlbench.sweep.runner import PlannedCell, plan_sweep, run_sweep
+    from mtlbench.sweep.spec import load_spec, matches, parse_filters
     from mtlbench.ui import RichSweepUI, result_table
 
     s = load_spec(spec)
@@ -167,11 +167,11 @@ def sweep(
 
         table = resolve_dataset(str(s.data["source"]), cache_dir=_cache(cache_dir),
                                 table_options={k: v for k, v in s.data.items() if k != "source"} or None)
-        store = ResultsStore(target) if target.exists() else None
-        plan = plan_sweep(s, store, table.fingerprint(), filters=filters, force=force) if store else None
-        cells = plan.cells if plan else [type("C", (), {"config": c, "done": False})() for c in s.cells()
-                                         if not filters or __import__("mtlbench.sweep.spec", fromlist=["matches"]
-                                                                      ).matches(c, filters)]
+        if target.exists():
+            cells = plan_sweep(s, ResultsStore(target), table.fingerprint(), filters=filters, force=force).cells
+        else:  # nothing written yet: plan without creating the results folder
+            cells = [PlannedCell(c, c.run_id(table.fingerprint()), False) for c in s.cells()
+                     if not filters or matches(c, filters)]
         t = Table(title=f"sweep {s.name}: {len(cells)} cells, {sum(c.done for c in cells)} finished")
         for col in ("#", "run", "done"):
             t.add_column(col)
