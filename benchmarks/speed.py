@@ -156,7 +156,6 @@ def main() -> None:
     floor = time_steps(floor_step, fast_batches, steps, warmup, device, b)
     print(f"{'floor (ResNet-18 fwd+bwd+Adam)':34s} {floor:9.1f} img/s")
     print(f"{'case':14s} {'baseline img/s':>15s} {'mtlbench img/s':>15s} {'ratio':>7s} {'of floor':>9s}")
-    stats = table.target_stats("train")
     for case in args.cases.split(","):
         torch.manual_seed(0)
         if case == "FastCAR":

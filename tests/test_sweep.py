@@ -16,7 +16,7 @@ from conftest import REPO, run_cli
 from mtlbench.errors import ConfigError
 from mtlbench.records.store import ResultsStore, StoreError
 from mtlbench.sweep.runner import run_sweep
-from mtlbench.sweep.spec import load_spec, parse_filters, parse_spec
+from mtlbench.sweep.spec import load_spec, matches, parse_filters, parse_spec
 
 SMALL = """
 name = "small"
@@ -74,7 +74,7 @@ def test_spec_errors_name_the_key_and_allowed_values(raw, match):
 def test_filters():
     f = parse_filters(["arch=MTAN,weighting=IMTL|EW"])
     assert f == {"architecture": {"mtan"}, "weighting": {"imtl", "ew"}}
-    cells = [c for c in load_spec("smoke").cells() if __import__("mtlbench.sweep.spec", fromlist=["m"]).matches(c, f)]
+    cells = [c for c in load_spec("smoke").cells() if matches(c, f)]
     assert len(cells) == 4
     with pytest.raises(ConfigError, match="color"):
         parse_filters(["color=red"])

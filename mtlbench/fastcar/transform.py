@@ -73,8 +73,5 @@ class LabelTransform:
         target = h[:, 0] + self.centre - np.asarray(self.constants)[cls]
         return cls, target
 
-    def with_gap(self, gap: float, labels: np.ndarray, targets: np.ndarray) -> "LabelTransform":
-        return LabelTransform.fit(labels, targets, self.num_classes, gap)
-
     def to_dict(self) -> dict:
         return asdict(self)

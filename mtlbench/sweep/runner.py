@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from mtlbench.config import RunConfig
 from mtlbench.environment import resolve_device
@@ -13,7 +13,6 @@ from mtlbench.runs import CellResult
 from mtlbench.data import DeviceData, decode_images, resolve_dataset
 from mtlbench.sweep.executors import DataRef, SweepContext, make_executor
 from mtlbench.sweep.spec import SweepSpec, matches
-from mtlbench.train.loop import ProgressFn
 
 
 @dataclass

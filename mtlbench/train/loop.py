@@ -189,13 +189,12 @@ class Trainer:
             x = torch.randn(b, 3, side, side, device=self.device)
             if self.protocol.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            forward = getattr(self.learner, "forward_only", None) or self.module
-            forward(x)  # warm-up
+            self.module(x)  # warm-up
             times = []
             for _ in range(max(1, self.protocol.latency_repeats)):
                 sync(self.device)
                 t0 = time.perf_counter()
-                forward(x)
+                self.module(x)
                 sync(self.device)
                 times.append(time.perf_counter() - t0)
             out.append(float(np.median(times)) * 1000.0)
