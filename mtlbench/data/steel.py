@@ -16,7 +16,7 @@ import pandas as pd
 
 from mtlbench.errors import DataError
 
-from .table import ImageTable, check_images_exist, make_frame, resolve_paths
+from .table import ImageTable, check_images_exist, make_frame, require_columns, resolve_paths
 
 COL_DIRECTORY = "Directory"
 COL_FILENAME = "Filename"
@@ -80,12 +80,7 @@ def read_sheet(path: Path) -> pd.DataFrame:
     except Exception as exc:  # zipfile.BadZipFile, openpyxl errors, OSError ...
         raise DataError(f"cannot read sheet {path}: {type(exc).__name__}: {exc}") from exc
     df.columns = [str(c).strip() for c in df.columns]
-    missing = [c for c in PUBLISHED_COLUMNS if c not in df.columns]
-    if missing:
-        raise DataError(
-            f"sheet {path.name}: missing column(s) {', '.join(repr(c) for c in missing)}; "
-            f"found columns: {', '.join(repr(c) for c in df.columns) or '(none)'}"
-        )
+    require_columns(df, PUBLISHED_COLUMNS, f"sheet {path.name}")
     extra = [c for c in df.columns if c not in PUBLISHED_COLUMNS]
     if extra:
         raise DataError(

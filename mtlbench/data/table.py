@@ -187,6 +187,16 @@ def _row_number(i: int) -> int:
     return i + 2
 
 
+def require_columns(df: pd.DataFrame, wanted: list[str] | tuple[str, ...], where: str) -> None:
+    """One DataError naming every missing column and listing the columns found."""
+    missing = [c for c in wanted if c not in df.columns]
+    if missing:
+        raise DataError(
+            f"{where}: missing column(s) {', '.join(repr(c) for c in missing)}; "
+            f"found columns: {', '.join(repr(c) for c in df.columns) or '(none)'}"
+        )
+
+
 def read_table(
     path: str | os.PathLike,
     *,
@@ -214,13 +224,7 @@ def read_table(
     df.columns = [str(c).strip() for c in df.columns]
     where = path.name
 
-    wanted = [image_col, class_col, target_col]
-    missing = [c for c in wanted if c not in df.columns]
-    if missing:
-        raise DataError(
-            f"{where}: missing column(s) {', '.join(repr(c) for c in missing)}; "
-            f"found columns: {', '.join(repr(c) for c in df.columns) or '(none)'}"
-        )
+    require_columns(df, [image_col, class_col, target_col], where)
     if len(df) == 0:
         raise DataError(f"{where}: the table has no rows")
 
