@@ -5,14 +5,15 @@ process, on the same data, model, batch size and machine.
   applies torchvision transforms (Resize, ToTensor, Normalize) every epoch; float32; LibMTL 1.1.5's stock
   per-task gradient flattening (a CPU vector per task, copied back to the device).
 - mtlbench: the decoded-once uint8 tensors resident on the device, device-side normalisation, the device-side
-  gradient path (mtlbench.libmtl_compat), foreach / fused Adam; ``--channels-last`` and ``--amp`` optional.
+  gradient path (mtlbench.libmtl_compat), foreach / fused Adam; ``--channels-last``, ``--amp`` and
+  ``--compile`` optional.
 - floor: a pure ResNet-18 forward + backward + Adam step on one resident batch.
 
 Prints images/s, the ratio to the baseline and the fraction of the floor for HPS+EW, HPS+PCGrad, MTAN+EW and
 FastCAR. Examples::
 
     python benchmarks/speed.py                               # CPU, 64 px, real data if present, else embedded
-    python benchmarks/speed.py --device cuda --img-size 224 --amp --channels-last
+    python benchmarks/speed.py --device cuda --img-size 224 --amp --channels-last [--compile]
 """
 
 from __future__ import annotations
@@ -111,7 +112,8 @@ def main() -> None:
     ap.add_argument("--cases", default="HPS+EW,HPS+PCGrad,MTAN+EW,FastCAR")
     ap.add_argument("--workers", type=int, default=2, help="baseline DataLoader workers (LibMTL examples: 2)")
     ap.add_argument("--channels-last", action="store_true")
-    ap.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA)")
+    ap.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA or CPU)")
+    ap.add_argument("--compile", action="store_true", help="torch.compile mtlbench's models (warm-up compiles)")
     args = ap.parse_args()
 
     device = resolve_device(args.device)
@@ -175,7 +177,7 @@ def main() -> None:
             module = Regressor().to(device)
             if args.channels_last:
                 module.to(memory_format=torch.channels_last)
-            learner = FastCARLearner(module, transform, amp=args.amp)
+            learner = FastCARLearner(module, transform, amp=args.amp, compile=args.compile)
         else:
             arch, weighting = case.split("+")
             stock = stock_model(getattr(A, arch), getattr(W, weighting), data.num_classes, side, device)
@@ -195,7 +197,7 @@ def main() -> None:
             module = built.module
             if args.channels_last:
                 module.to(memory_format=torch.channels_last)
-            learner = MTLLearner(module, built.backward_kwargs, epochs=1, amp=args.amp)
+            learner = MTLLearner(module, built.backward_kwargs, epochs=1, amp=args.amp, compile=args.compile)
         fused = {"fused": True} if device.type == "cuda" else {"foreach": True}
         fast_opt = torch.optim.Adam(module.parameters(), 1e-3, weight_decay=1e-4, **fused)
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
 
 from mtlbench.libmtl_compat import AbsWeighting
@@ -62,13 +61,13 @@ class Aligned_MTL(AbsWeighting):
 
     With ``rep_grad=True`` the same weights are computed from the representation gradients (the paper's
     Aligned-MTL-UB variant) and applied there. Task-specific parameters keep their plain task gradients (LibMTL's
-    convention). Stateless. Returns ``w`` (numpy, length task_num).
+    convention). Stateless. Returns ``w`` (a detached tensor of length task_num on the gradients' device).
     """
 
     def __init__(self) -> None:
         super().__init__()
 
-    def backward(self, losses: torch.Tensor, **kwargs: Any) -> np.ndarray:
+    def backward(self, losses: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         tol = kwargs.get("Aligned_tol", ALIGNED_MTL_DEFAULTS["Aligned_tol"])
         grads = self._get_grads(losses, mode="backward")
         if self.rep_grad:
@@ -78,4 +77,4 @@ class Aligned_MTL(AbsWeighting):
         else:
             weights = aligned_weights(grads, tol)
             self._backward_new_grads(weights, grads=grads)
-        return weights.detach().cpu().numpy()
+        return weights.detach()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
 
 from mtlbench.libmtl_compat import AbsWeighting
@@ -56,7 +55,8 @@ class MoCo(AbsWeighting):
             gradient normalisation commonly used with MoCo in practice. It keeps the lambda update scale-free of the
             raw gradient magnitude (Y Y^T then scales with the losses); not part of Algorithm 1.
 
-    Returns lambda (numpy, length task_num). Note the shared gradient is ``Y^T lambda``, not ``sum_i lambda_i g_i``.
+    Returns lambda (a detached tensor of length task_num on the gradients' device: no host sync). Note the shared
+    gradient is ``Y^T lambda``, not ``sum_i lambda_i g_i``.
     Representation gradients (``rep_grad=True``) are not supported: Y must have a fixed shape across batches.
     """
 
@@ -96,10 +96,10 @@ class MoCo(AbsWeighting):
         self.moco_lambda = project_simplex(lam - gamma_k * step)
         return self.moco_y.t() @ self.moco_lambda
 
-    def backward(self, losses: torch.Tensor, **kwargs: Any) -> np.ndarray:
+    def backward(self, losses: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         if self.rep_grad:
             raise ValueError("MoCo does not support representation gradients (rep_grad must be False)")
         grads = self._get_grads(losses, mode="backward")
         direction = self.moco_step(grads, losses.detach(), **kwargs)
         self._reset_grad(direction)
-        return self.moco_lambda.detach().cpu().numpy()
+        return self.moco_lambda.detach().clone()  # a copy: the state must not alias what callers keep

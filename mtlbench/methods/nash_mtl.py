@@ -119,7 +119,8 @@ class Nash_MTL(AbsWeighting):
     is singular (e.g. a zero or two collinear task gradients) no exact solution exists: the last valid iterate
     is used.
 
-    Returns the weights applied to the task gradients (numpy, length task_num).
+    Returns the weights applied to the task gradients (a detached tensor of length task_num on the gradients'
+    device; steps that reuse alpha need no host sync).
     """
 
     def __init__(self) -> None:
@@ -149,7 +150,7 @@ class Nash_MTL(AbsWeighting):
         alpha = a / np.sqrt(scale_f) if scale_f > 0 else a
         return torch.as_tensor(alpha, dtype=grads.dtype, device=grads.device)
 
-    def backward(self, losses: torch.Tensor, **kwargs: Any) -> np.ndarray:
+    def backward(self, losses: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         opts = {**NASH_MTL_DEFAULTS, **kwargs}
         every, niter, max_norm = int(opts["update_weights_every"]), int(opts["optim_niter"]), float(opts["max_norm"])
         if not hasattr(self, "_nash_step"):
@@ -184,4 +185,4 @@ class Nash_MTL(AbsWeighting):
         if max_norm > 0:
             total = torch.nn.utils.clip_grad_norm_(list(self.get_share_params()), max_norm)
             weights = alpha * torch.clamp(max_norm / (total + 1e-6), max=1.0)
-        return weights.detach().cpu().numpy()
+        return weights.detach().clone()  # a copy: without clipping, weights is the state alpha itself

@@ -4,29 +4,75 @@ images into predicted classes and targets in original units."""
 from __future__ import annotations
 
 from contextlib import nullcontext
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mtlbench.errors import ConfigError
 from mtlbench.fastcar.transform import LabelTransform
 
 
 def autocast_for(device: torch.device, enabled: bool) -> Any:
-    """bf16 autocast on CUDA when enabled (losses are computed in float32 outside it)."""
-    if enabled and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+    """bf16 autocast on the device's type (CUDA, CPU, ...) when enabled; losses are computed in float32 outside."""
+    if enabled:
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return nullcontext()
+
+
+def _compile_errors() -> tuple[type[BaseException], ...]:
+    # Dynamo and Inductor failures (InductorError, e.g. a missing C++ compiler, subclasses BackendCompilerFailed).
+    try:
+        from torch._dynamo.exc import TorchDynamoException
+    except ImportError:  # a torch without dynamo: torch.compile itself fails in CompiledForward
+        return ()
+    return (TorchDynamoException,)
+
+
+def _cause(exc: BaseException) -> str:
+    """The exception's type and the first line of its message: compiler output can run to pages."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {lines[0][:300]}" if lines else type(exc).__name__
+
+
+class CompiledForward:
+    """``module``'s forward through ``torch.compile``. The module itself stays the plain ``nn.Module`` (the optimizer,
+    ``state_dict`` and LibMTL's ``backward`` use it; parameters are shared). A compile failure, at construction or
+    at any (re)compilation, raises a one-line :class:`ConfigError`: never a silent eager fallback."""
+
+    def __init__(self, module: nn.Module) -> None:
+        try:
+            # Gradient weightings back-propagate each task loss through the same graph (retain_graph=True). A
+            # backward compiled with donated buffers reuses saved activations (torch refuses a second backward, or,
+            # loaded from Inductor's cache, silently computes a wrong one), so none are donated. Process-wide: the
+            # backward is compiled lazily, at the first backward call, outside any context this class could set.
+            torch._functorch.config.donated_buffer = False
+            self.fn: Callable[..., Any] = torch.compile(module)
+        except Exception as exc:  # noqa: BLE001 — e.g. an unsupported Python or platform
+            raise ConfigError(f"--compile: torch.compile is unavailable here ({_cause(exc)})") from exc
+        self.errors = _compile_errors()
+
+    def __call__(self, x: torch.Tensor) -> Any:
+        try:
+            return self.fn(x)
+        except self.errors as exc:
+            raise ConfigError(f"--compile: torch.compile failed: {_cause(exc)}") from exc
+
+
+def forward_fn(module: nn.Module, compile: bool) -> Callable[..., Any]:
+    return CompiledForward(module) if compile else module
 
 
 class Learner(Protocol):
     module: nn.Module
     task_names: tuple[str, ...]
 
-    def train_step(self, x: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, Any]:
-        """Forward, backward (gradients set, optimizer not stepped); returns (detached task losses [k], weights)."""
+    def train_step(self, x: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Forward, backward (gradients set, optimizer not stepped); returns (detached task losses [k], loss weights
+        [k] on the device or None)."""
 
     def eval_batch(self, x: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -43,8 +89,9 @@ class MTLLearner:
     task_names = ("cls", "reg")
 
     def __init__(self, module: nn.Module, backward_kwargs: dict, *, epochs: int, target_mean: float = 0.0,
-                 target_std: float = 1.0, amp: bool = False) -> None:
+                 target_std: float = 1.0, amp: bool = False, compile: bool = False) -> None:
         self.module = module
+        self.forward = forward_fn(module, compile)
         self.backward_kwargs = backward_kwargs
         self.target_mean, self.target_std = float(target_mean), float(target_std)
         self.amp = amp
@@ -57,15 +104,26 @@ class MTLLearner:
 
     def _losses(self, x: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, dict]:
         with autocast_for(self.device, self.amp):
-            out = self.module(x)
+            out = self.forward(x)
         ce = F.cross_entropy(out["cls"].float(), labels)
         mse = F.mse_loss(out["reg"].float().reshape(-1), self._scale(targets))
         return torch.stack([ce, mse]), out
 
-    def train_step(self, x, labels, targets):
+    def train_step(self, x: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Forward and the weighting's backward; returns (detached task losses, loss weights: float32 on the device,
+        or None where the weighting returns none)."""
         losses, _ = self._losses(x, labels, targets)
         weights = self.module.backward(losses, **self.backward_kwargs)
-        return losses.detach(), weights
+        if weights is None:
+            return losses.detach(), None
+        if isinstance(weights, torch.Tensor):  # mtlbench's own weightings: already on the device, no host sync
+            return losses.detach(), weights.detach().to(self.device, torch.float32).reshape(-1)
+        # LibMTL's stock weightings return numpy (their own device sync, if any, already happened); a non-blocking
+        # host-to-device copy does not wait for the device.
+        # copy=True: on CPU the tensor must not alias an array the weighting may update in place.
+        host = torch.from_numpy(np.asarray(weights, dtype=np.float32).reshape(-1))
+        return losses.detach(), host.to(self.device, non_blocking=True, copy=True)
 
     @torch.no_grad()
     def eval_batch(self, x, labels, targets):
@@ -89,8 +147,10 @@ class FastCARLearner:
 
     task_names = ("hybrid",)
 
-    def __init__(self, module: nn.Module, transform: LabelTransform, *, amp: bool = False) -> None:
+    def __init__(self, module: nn.Module, transform: LabelTransform, *, amp: bool = False,
+                 compile: bool = False) -> None:
         self.module = module
+        self.forward = forward_fn(module, compile)
         self.transform = transform
         self.amp = amp
         self.device = next(module.parameters()).device
@@ -113,7 +173,7 @@ class FastCARLearner:
 
     def train_step(self, x, labels, targets):
         with autocast_for(self.device, self.amp):
-            out = self.module(x)
+            out = self.forward(x)
         loss = F.mse_loss(out.float().reshape(-1), self.hybrid(labels, targets))
         loss.backward()
         if self.track_grad:
@@ -130,7 +190,7 @@ class FastCARLearner:
     @torch.no_grad()
     def eval_batch(self, x, labels, targets):
         with autocast_for(self.device, self.amp):
-            out = self.module(x)
+            out = self.forward(x)
         out = out.float().reshape(-1)
         loss = F.mse_loss(out, self.hybrid(labels, targets), reduction="sum")
         cls, target = self.inverse(out)
