@@ -97,8 +97,9 @@ def fastcar(
     pretrained: bool = typer.Option(False, help="start from torchvision's ImageNet weights (local torch cache)"),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N"),
     max_steps: Optional[int] = typer.Option(None, help="cap on training steps per epoch (quick runs)"),
-    amp: bool = typer.Option(False, help="bf16 autocast on CUDA"),
+    amp: bool = typer.Option(False, help="bf16 autocast (CUDA or CPU); losses and metrics stay float32"),
     channels_last: bool = typer.Option(False, help="channels-last memory format"),
+    compile: bool = typer.Option(False, help="torch.compile the model (CPU: needs a C++ compiler)"),
     out: Path = typer.Option(Path("results/fastcar"), help="results folder"),
     cache_dir: Optional[Path] = typer.Option(None, envvar="MTLBENCH_CACHE", help="cache folder"),
 ) -> None:
@@ -111,7 +112,8 @@ def fastcar(
     from mtlbench.ui import RunProgress, result_table
 
     protocol = Protocol(epochs=epochs, batch_size=batch_size, img_size=img_size, pretrained=pretrained,
-                        device=device, max_steps_per_epoch=max_steps, amp=amp, channels_last=channels_last)
+                        device=device, max_steps_per_epoch=max_steps, amp=amp, channels_last=channels_last,
+                        compile=compile)
     cfg = RunConfig(kind="fastcar", protocol=protocol, seed=seed,
                     fastcar=FastCARSettings(gap=gap, max_attempts=max_attempts))
     store = ResultsStore(out)
@@ -136,7 +138,7 @@ def fastcar(
 # -- sweep --------------------------------------------------------------------------------------------------------
 @app.command()
 def sweep(
-    spec: str = typer.Argument(..., help="a TOML spec path, or a shipped spec name: paper, smoke, demo"),
+    spec: str = typer.Argument(..., help="a TOML spec path, or a shipped spec name: paper, smoke, demo, steel-cpu"),
     only: Optional[List[str]] = typer.Option(None, help="filter cells, e.g. arch=MTAN,weighting=IMTL|EW"),
     dry_run: bool = typer.Option(False, "--dry-run", help="list the cells and how many are finished; run nothing"),
     out: Optional[Path] = typer.Option(None, help="results folder; default results/<spec name>"),
@@ -148,6 +150,14 @@ def sweep(
     workers_per_gpu: int = typer.Option(1, help="cells at once per GPU (local executor)"),
     address: Optional[str] = typer.Option(None, help="Ray cluster address (ray executor); default: local"),
     device: Optional[str] = typer.Option(None, help="override the spec's device: auto, cpu, cuda, cuda:N"),
+    data: Optional[str] = typer.Option(None, help="override the spec's data source: default, steel, a folder or a table"),
+    checkpoint_every: Optional[int] = typer.Option(None, help="epochs between mid-run checkpoints (0: none); "
+                                                   "default: the spec's protocol.checkpoint_every (1)"),
+    keep_checkpoints: bool = typer.Option(False, help="keep each cell's last checkpoint after it finishes"),
+    checkpoint_dir: Optional[Path] = typer.Option(None, help="checkpoint folder (default <out>/checkpoints; "
+                                                  "shared storage for a Ray cluster)"),
+    cpus_per_cell: Optional[int] = typer.Option(None, help="CPUs a Ray task declares (default: 1 with GPUs, "
+                                                "else a whole node)"),
     cache_dir: Optional[Path] = typer.Option(None, envvar="MTLBENCH_CACHE", help="cache folder"),
 ) -> None:
     """Train the grid of architectures x weightings x decoders (and FastCAR) from a spec; resumable."""
@@ -158,6 +168,8 @@ def sweep(
     from mtlbench.ui import RichSweepUI, result_table
 
     s = load_spec(spec)
+    if data is not None:
+        s = s.with_source(data)
     filters = parse_filters(only)
     EXECUTORS.entry(executor)
     target = out or Path("results") / s.name
@@ -179,10 +191,11 @@ def sweep(
         console.print(t)
         return
     options = {"workers": workers, "workers_per_gpu": workers_per_gpu, "address": address,
-               "gpus": [int(g) for g in gpus.split(",")] if gpus else None}
+               "gpus": [int(g) for g in gpus.split(",")] if gpus else None, "cpus_per_cell": cpus_per_cell}
     outcome = run_sweep(s, target, filters=filters, force=force, retry_failed=retry_failed, executor=executor,
                         executor_options=options, device=device, cache_dir=_cache(cache_dir),
-                        ui=RichSweepUI(console, s.protocol.epochs))
+                        ui=RichSweepUI(console, s.protocol.epochs), checkpoint_every=checkpoint_every,
+                        keep_checkpoints=keep_checkpoints, checkpoint_dir=checkpoint_dir)
     rows = [r.row for r in outcome.results]
     if rows:
         shown = sorted(rows, key=lambda r: (r["kind"] != "fastcar", -(r.get("best_accuracy") or -1)))

@@ -29,9 +29,10 @@ class Protocol:
     max_steps_per_epoch: int | None = None   # cap for smoke runs; None = the whole training split
     device: str = "auto"          # auto | cpu | cuda | cuda:N
     channels_last: bool = False
-    amp: bool = False             # bf16 autocast on CUDA; loss and metrics stay float32
+    amp: bool = False             # bf16 autocast (CUDA or CPU); loss and metrics stay float32
     compile: bool = False         # torch.compile the model
     latency_repeats: int = 20     # timed repeats for inference latency
+    checkpoint_every: int = 1     # epochs between mid-run checkpoints in a sweep; 0 = none
 
     def __post_init__(self) -> None:
         positive = {"epochs": self.epochs, "batch_size": self.batch_size, "img_size": self.img_size}
@@ -40,11 +41,13 @@ class Protocol:
                 raise ConfigError(f"protocol.{key} must be a positive integer, got {value!r}")
         if self.img_size < 32:
             raise ConfigError(f"protocol.img_size must be >= 32 (ResNet-18 downsamples 32x), got {self.img_size}")
+        if not isinstance(self.checkpoint_every, int) or self.checkpoint_every < 0:
+            raise ConfigError(f"protocol.checkpoint_every must be an integer >= 0, got {self.checkpoint_every!r}")
         if self.max_steps_per_epoch is not None and self.max_steps_per_epoch < 1:
             raise ConfigError(f"protocol.max_steps_per_epoch must be >= 1, got {self.max_steps_per_epoch}")
 
     # Fields that change speed but not the computation's meaning are left out of run ids.
-    NON_IDENTITY = ("device", "latency_repeats", "compile")
+    NON_IDENTITY = ("device", "latency_repeats", "compile", "checkpoint_every")
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,11 @@ class RunConfig:
                               f"got {self.target_scaling!r}")
         if self.kind == "mtl" and not (self.architecture and self.weighting and self.decoder):
             raise ConfigError("an MTL run needs architecture, weighting and decoder")
+
+    @property
+    def cell_name(self) -> str:
+        """``HPS+EW/decoder1`` or ``FastCAR``: the short name fault-injection points match."""
+        return "FastCAR" if self.kind == "fastcar" else f"{self.architecture}+{self.weighting}/{self.decoder}"
 
     @property
     def label(self) -> str:

@@ -104,6 +104,11 @@ class RichSweepUI(SweepUI):
         self.bars.update(self.overall, info=self._counts())
         if result.status != "ok":
             self.bars.console.print(f"[red]{result.status}[/] {result.run_id}: {result.message}")
+        elif result.row.get("resumed_from_epoch"):
+            self.bars.console.print(f"resumed {result.run_id} from its epoch-{result.row['resumed_from_epoch']} "
+                                    f"checkpoint{': ' + result.message if result.message else ''}")
+        elif result.message:
+            self.bars.console.print(f"note {result.run_id}: {result.message}")
 
     def finish(self, outcome: SweepOutcome) -> None:
         self.bars.stop()

@@ -40,7 +40,7 @@ def _row(run_id: str, *, kind: str = "mtl", arch=None, weighting=None, decoder=N
            "config_json": json.dumps({"kind": kind, "seed": seed, "architecture": arch, "weighting": weighting,
                                       "protocol": {"epochs": 4, "lr": 0.001, "batch_size": 8}}),
            "total_s": total_s, "device": "cpu (test)", "torch_version": "2.x", "torchvision_version": "0.x",
-           "libmtl_version": "1.1.5", "git_commit": "deadbeef", "schema_version": 1}
+           "libmtl_version": "1.1.5", "git_commit": "deadbeef", "schema_version": 2}
     if status == "ok":
         row.update(best_accuracy=acc, best_mse=mse, best_mape=mape, best_epoch=3, epochs_run=4,
                    best_confusion_json=json.dumps([[4, 0, 0], [1, 3, 0], [0, 0, 4]]))

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2   # 2: resumed_from_epoch, checkpoint_s, executor in runs
 
 STATUSES = ("ok", "failed", "diverged")
 METRICS = ("accuracy", "mse", "rmse", "mae", "mape", "within8")
@@ -60,6 +60,9 @@ RUNS = pa.schema([
     pa.field("params", pa.int64()),
     pa.field("peak_mem_mb", pa.float64()),
     pa.field("concurrency", pa.int64()),                      # cells running at once on the same device
+    pa.field("executor", pa.string()),                        # sequential | local | ray
+    pa.field("resumed_from_epoch", pa.int64()),               # continued from a mid-run checkpoint of this epoch
+    pa.field("checkpoint_s", pa.float64()),                   # seconds spent writing checkpoints
     pa.field("device", pa.string()),
     pa.field("torch_version", pa.string()),
     pa.field("torchvision_version", pa.string()),

@@ -5,7 +5,7 @@ Layout of a results folder::
     store.json                 schema version
     cells/<run_id>/<table>.parquet   a finished run's fragments (the folder appears by one rename)
     runs.parquet epochs.parquet weights.parquet predictions.parquet label_search.parquet   consolidated
-    checkpoints/<run_id>/...   mid-run checkpoints of unfinished runs
+    checkpoints/<run_id>.ckpt  mid-run checkpoints of unfinished runs (mtlbench.train.checkpoint)
     report/                    rendered by ``mtlbench report``
 
 A run is finished exactly when ``cells/<run_id>/`` exists: fragments are written into a temporary folder that is
@@ -31,6 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mtlbench.errors import MtlbenchError
+from mtlbench import faults
 from mtlbench.records.schema import SCHEMA_VERSION, TABLES, empty, to_arrow
 
 META = "store.json"
@@ -62,11 +63,11 @@ class ResultsStore:
 
     def __init__(self, root: Path | str, *, create: bool = True) -> None:
         self.root = Path(root)
+        if not create and not self.root.is_dir():
+            raise StoreError(f"results folder {self.root} does not exist")
+        self._check_version()   # before writing anything: a folder of another schema is left untouched
         if create:
             self._init()
-        elif not self.root.is_dir():
-            raise StoreError(f"results folder {self.root} does not exist")
-        self._check_version()
 
     # -- layout -------------------------------------------------------------------------------------------------
     @property
@@ -82,12 +83,13 @@ class ResultsStore:
 
     def _init(self) -> None:
         try:
-            self.cells_dir.mkdir(parents=True, exist_ok=True)
+            self.root.mkdir(parents=True, exist_ok=True)
             meta = self.root / META
-            if not meta.exists():
+            if not meta.exists():   # first, so a folder with cells always says its schema
                 tmp = self.root / f".{META}.{uuid.uuid4().hex}"
                 tmp.write_text(json.dumps({"schema_version": SCHEMA_VERSION}))
                 os.replace(tmp, meta)
+            self.cells_dir.mkdir(exist_ok=True)
             probe = self.root / f".write-probe-{uuid.uuid4().hex}"
             probe.write_text("")
             probe.unlink()
@@ -174,6 +176,9 @@ class ResultsStore:
                     shutil.rmtree(p, ignore_errors=True)
         for p in self.root.glob(".*.tmp"):
             p.unlink(missing_ok=True)
+        from mtlbench.train.checkpoint import clean_temporaries   # torch: only a sweep needs it
+
+        clean_temporaries(self.checkpoints_dir)
 
     # -- tables -------------------------------------------------------------------------------------------------
     def _fragments(self, name: str) -> list[Path]:
@@ -192,6 +197,7 @@ class ResultsStore:
             table = self._read_fragments(name)
             write_parquet_atomic(table, self.root / f"{name}.parquet")
             counts[name] = table.num_rows
+            faults.hit("consolidate", table=name)
         return counts
 
     def read(self, name: str) -> pd.DataFrame:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import multiprocessing as mp
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Protocol as TypingProtocol
 
 import torch
@@ -41,6 +42,12 @@ class SweepContext:
     table: Any = None          # loaded in the driver (sequential executor reuses it)
     data: Any = None
     device: str = "auto"
+    checkpoint_dir: str | None = None   # where cells keep mid-run checkpoints (shared storage on a cluster)
+
+    def cell_options(self, executor: str, concurrency: int = 1) -> dict[str, Any]:
+        """The keyword arguments of :func:`~mtlbench.runs.run_cell` every executor passes."""
+        return {"sweep": self.name, "concurrency": concurrency, "executor": executor,
+                "checkpoint_dir": Path(self.checkpoint_dir) if self.checkpoint_dir else None}
 
 
 class Executor(TypingProtocol):
@@ -66,26 +73,35 @@ class SequentialExecutor:
     def run(self, cells, ctx, on_start, on_result, progress=None):
         for cfg in cells:
             on_start(cfg)
-            on_result(run_cell(cfg, ctx.table, ctx.data, sweep=ctx.name, progress=progress))
+            on_result(run_cell(cfg, ctx.table, ctx.data, progress=progress, **ctx.cell_options("sequential")))
 
 
 # -- local processes ----------------------------------------------------------------------------------------------
-_WORKER: dict[str, Any] = {}   # per worker process: the data it loaded once (not shared with the driver)
+_WORKER: dict[Any, Any] = {}   # per worker process: the data it loaded once (not shared with the driver)
+
+
+def worker_data(ref: DataRef, device: str) -> tuple[Any, Any]:
+    """The data set in this worker process, loaded (memory-mapped from the decode cache) on first use."""
+    from mtlbench.environment import resolve_device
+
+    key = (ref, device)
+    if _WORKER.get("data_key") != key:   # one data set per worker: a new sweep's replaces the last
+        dev = resolve_device(device)
+        if dev.type == "cuda" and dev.index is not None:
+            torch.cuda.set_device(dev)
+        _WORKER["data"], _WORKER["data_key"] = load_data(ref, dev), key
+    return _WORKER["data"]
 
 
 def _worker_init(ref: DataRef, device: str, threads: int) -> None:
-    from mtlbench.environment import resolve_device
-
     torch.set_num_threads(max(1, threads))
-    dev = resolve_device(device)
-    if dev.type == "cuda" and dev.index is not None:
-        torch.cuda.set_device(dev)
-    _WORKER["table"], _WORKER["data"] = load_data(ref, dev)
+    _WORKER["device"] = device
+    worker_data(ref, device)
 
 
-def _worker_run(cfg_json: str, sweep: str, concurrency: int) -> CellResult:
-    cfg = RunConfig.from_json(cfg_json)
-    return run_cell(cfg, _WORKER["table"], _WORKER["data"], sweep=sweep, concurrency=concurrency)
+def _worker_run(cfg_json: str, ctx: SweepContext, concurrency: int) -> CellResult:
+    table, data = worker_data(ctx.data_ref, _WORKER["device"])
+    return run_cell(RunConfig.from_json(cfg_json), table, data, **ctx.cell_options("local", concurrency))
 
 
 @EXECUTORS.register("local", summary="--workers N separate processes; GPUs assigned round-robin")
@@ -118,7 +134,7 @@ class LocalExecutor:
                     while slots[d] > 0 and queue:
                         cfg = queue.pop(0)
                         on_start(cfg)
-                        fut = pools[d].submit(_worker_run, cfg.to_json(), ctx.name, per_device[d])
+                        fut = pools[d].submit(_worker_run, cfg.to_json(), _portable(ctx), per_device[d])
                         running[fut] = (cfg, d)
                         slots[d] -= 1
                 done, _ = wait(list(running), return_when=FIRST_COMPLETED)
@@ -134,14 +150,98 @@ class LocalExecutor:
                 pool.shutdown(wait=True, cancel_futures=True)
 
 
-def lost_worker_result(cfg: RunConfig, ctx: SweepContext, exc: BaseException) -> CellResult:
+# -- Ray ----------------------------------------------------------------------------------------------------------
+def _ray_run(cfg_json: str, ctx: SweepContext, device: str, threads: int, concurrency: int) -> CellResult:
+    """One cell as a Ray task. Ray reuses worker processes, so the data is loaded once per worker."""
+    torch.set_num_threads(max(1, threads))
+    table, data = worker_data(ctx.data_ref, device)
+    return run_cell(RunConfig.from_json(cfg_json), table, data, **ctx.cell_options("ray", concurrency))
+
+
+@EXECUTORS.register("ray", summary="one Ray task per cell with its CPUs / GPUs declared; --address for a cluster")
+class RayExecutor:
+    """Each cell is a Ray task; results come back to the driver, which alone writes the store.
+
+    Ray retries a task only when its worker process or node is lost (``max_retries``), never for an exception
+    (``retry_exceptions=False``): a cell that fails deterministically is recorded once as failed. A task lost
+    beyond its retries is recorded as failed ("worker lost") and the sweep goes on. Cells on other nodes need
+    mtlbench installed there and the data source (and checkpoint folder) at the same path."""
+
+    def __init__(self, address: str | None = None, workers_per_gpu: int = 1, cpus_per_cell: int | None = None,
+                 max_retries: int = 3, **_: Any) -> None:
+        if workers_per_gpu < 1:
+            raise ConfigError(f"--workers-per-gpu must be >= 1, got {workers_per_gpu}")
+        self.address, self.workers_per_gpu, self.max_retries = address, workers_per_gpu, max_retries
+        self.cpus_per_cell = cpus_per_cell
+
+    def run(self, cells, ctx, on_start, on_result, progress=None):
+        try:
+            import ray
+        except ImportError:
+            raise ConfigError("the ray executor needs Ray: pip install 'mtlbench[ray]'") from None
+        started = not ray.is_initialized()
+        if started:
+            try:
+                ray.init(address=self.address, include_dashboard=False, logging_level="ERROR",
+                         log_to_driver=False, configure_logging=True)
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                raise ConfigError(f"cannot reach the Ray cluster at {self.address or 'local'}: {exc}") from None
+        try:
+            self._run(ray, cells, ctx, on_start, on_result)
+        finally:
+            if started:
+                ray.shutdown()
+
+    def _run(self, ray, cells, ctx, on_start, on_result):
+        total = ray.cluster_resources()
+        gpus = 0.0 if ctx.device.startswith("cpu") else float(total.get("GPU", 0.0))
+        if gpus:
+            num_gpus, device, concurrency = 1.0 / self.workers_per_gpu, "cuda", self.workers_per_gpu
+            num_cpus = self.cpus_per_cell or 1
+        else:
+            # CPU cells: by default each gets every CPU of the largest node, like the sequential executor.
+            num_gpus, device, concurrency = 0.0, "cpu", 1
+            node_cpus = max((n["Resources"].get("CPU", 1) for n in ray.nodes() if n.get("Alive")), default=1)
+            num_cpus = self.cpus_per_cell or int(node_cpus)
+        task = ray.remote(_ray_run).options(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=self.max_retries,
+                                            retry_exceptions=False)
+        # Keep about as many tasks in flight as the cluster can run, so "started" in the progress view is true.
+        slots = total.get("GPU", 0.0) * self.workers_per_gpu if gpus else total.get("CPU", 1.0) / num_cpus
+        window = max(1, int(slots))
+        shipped = ray.put(_portable(ctx))
+        queue, pending = list(cells), {}
+        while queue or pending:
+            while queue and len(pending) < window:
+                cfg = queue.pop(0)
+                on_start(cfg)
+                pending[task.remote(cfg.to_json(), shipped, device, int(num_cpus), concurrency)] = cfg
+            done, _ = ray.wait(list(pending), num_returns=1)
+            for ref in done:
+                cfg = pending.pop(ref)
+                try:
+                    result = ray.get(ref)
+                except ray.exceptions.RayTaskError as exc:   # raised inside the task, outside run_cell
+                    result = lost_worker_result(cfg, ctx, exc.as_instanceof_cause(), reason="task failed")
+                except Exception as exc:  # noqa: BLE001 — worker or node lost beyond its retries
+                    result = lost_worker_result(cfg, ctx, exc)
+                on_result(result)
+
+
+def _portable(ctx: SweepContext) -> SweepContext:
+    """The context without the driver's loaded data, to send to workers."""
+    return SweepContext(ctx.name, ctx.data_ref, device=ctx.device, checkpoint_dir=ctx.checkpoint_dir)
+
+
+def lost_worker_result(cfg: RunConfig, ctx: SweepContext, exc: BaseException, reason: str = "worker lost"
+                       ) -> CellResult:
+    """The record of a cell whose worker died (or whose task failed outside ``run_cell``)."""
     from datetime import datetime, timezone
 
     from mtlbench.records.schema import SCHEMA_VERSION
 
     run_id = cfg.run_id(ctx.table.fingerprint()) if ctx.table is not None else cfg.run_id("unknown")
     row = {"run_id": run_id, "sweep": ctx.name, "kind": cfg.kind, "status": "failed",
-           "message": f"worker lost: {type(exc).__name__}: {exc}"[:500], "architecture": cfg.architecture,
+           "message": " ".join(f"{reason}: {type(exc).__name__}: {exc}".split())[:500], "architecture": cfg.architecture,
            "weighting": cfg.weighting, "decoder": cfg.decoder, "seed": cfg.seed,
            "target_scaling": cfg.target_scaling if cfg.kind == "mtl" else None, "config_json": cfg.to_json(),
            "finished_at": datetime.now(timezone.utc), "schema_version": SCHEMA_VERSION}

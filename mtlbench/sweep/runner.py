@@ -13,6 +13,7 @@ from mtlbench.runs import CellResult
 from mtlbench.data import DeviceData, decode_images, resolve_dataset
 from mtlbench.sweep.executors import DataRef, SweepContext, make_executor
 from mtlbench.sweep.spec import SweepSpec, matches
+from mtlbench.train.checkpoint import CheckpointPolicy, clean_temporaries, discard
 
 
 @dataclass
@@ -85,15 +86,25 @@ def plan_sweep(spec: SweepSpec, store: ResultsStore, fingerprint: str, *, filter
 
 def run_sweep(spec: SweepSpec, out: Path, *, filters: dict[str, set[str]] | None = None, force: bool = False,
               retry_failed: bool = False, executor: str = "sequential", executor_options: dict | None = None,
-              device: str | None = None, cache_dir: str | None = None, ui: SweepUI | None = None
-              ) -> SweepOutcome:
+              device: str | None = None, cache_dir: str | None = None, ui: SweepUI | None = None,
+              checkpoint_every: int | None = None, keep_checkpoints: bool = False,
+              checkpoint_dir: Path | None = None) -> SweepOutcome:
+    """Run the pending cells of ``spec`` into the results folder ``out``.
+
+    Cells save a checkpoint every ``checkpoint_every`` epochs (default: the spec's) under ``checkpoint_dir``
+    (default ``out/checkpoints``); an interrupted cell continues from its checkpoint, which is deleted once the
+    cell's result is stored unless ``keep_checkpoints``."""
     ui = ui or SweepUI()
     if device:
         spec = replace(spec, protocol=replace(spec.protocol, device=device))
+    if checkpoint_every is not None:
+        spec = replace(spec, protocol=replace(spec.protocol, checkpoint_every=checkpoint_every))
     store = ResultsStore(out)
     ref = data_ref(spec, cache_dir)
     with store.lock():
         store.clean_temporaries()
+        if checkpoint_dir:
+            clean_temporaries(Path(checkpoint_dir))
         dev = resolve_device(spec.protocol.device)
         table = resolve_dataset(ref.source, cache_dir=ref.cache_dir, table_options=ref.options or None)
         if executor == "sequential":
@@ -104,10 +115,17 @@ def run_sweep(spec: SweepSpec, out: Path, *, filters: dict[str, set[str]] | None
         plan = plan_sweep(spec, store, table.fingerprint(), filters=filters, force=force, retry_failed=retry_failed)
         outcome = SweepOutcome(plan)
         ui.start(plan)
-        ctx = SweepContext(name=spec.name, data_ref=ref, table=table, data=data, device=spec.protocol.device)
+        ckpt_root = Path(checkpoint_dir) if checkpoint_dir else store.checkpoints_dir
+        policy = CheckpointPolicy(ckpt_root, spec.protocol.checkpoint_every, keep_checkpoints)
+        if force:   # a forced re-run starts over, not from a kept checkpoint
+            for cell in plan.pending:
+                discard(replace(policy, keep=False), cell.run_id)
+        ctx = SweepContext(name=spec.name, data_ref=ref, table=table, data=data, device=spec.protocol.device,
+                           checkpoint_dir=str(ckpt_root.resolve()))
 
         def on_result(result: CellResult) -> None:
             store.write_cell(result.run_id, result.tables)   # atomic: this cell is now finished for good
+            discard(policy, result.run_id)
             outcome.results.append(result)
             ui.cell_done(result)
 

@@ -60,6 +60,10 @@ class SweepSpec:
     weight_args: dict[str, dict] = field(default_factory=dict)    # per weighting overrides
     description: str = ""
 
+    def with_source(self, source: str) -> "SweepSpec":
+        """The same sweep on another data set (``sweep --data``); column options are kept for tables."""
+        return replace(self, data={**self.data, "source": source})
+
     def cells(self) -> list[RunConfig]:
         """Every run of the sweep, in a stable order: FastCAR first (per seed), then the grid."""
         out: list[RunConfig] = []

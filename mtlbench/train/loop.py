@@ -11,12 +11,14 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from mtlbench import faults
 from mtlbench.config import Protocol
 from mtlbench.errors import Diverged
 from mtlbench.metrics import task_metrics
 from mtlbench.train.learners import Learner
 
 ProgressFn = Callable[[str, dict[str, Any]], None]
+EpochFn = Callable[["Trainer"], None]
 
 
 def sync(device: torch.device) -> None:
@@ -60,8 +62,9 @@ class Trainer:
     """Trains one learner on one data set, epoch by epoch (so FastCAR can continue after its one-epoch test)."""
 
     def __init__(self, learner: Learner, data: Any, protocol: Protocol, *, seed: int,
-                 progress: ProgressFn | None = None) -> None:
+                 progress: ProgressFn | None = None, name: str = "") -> None:
         self.learner, self.data, self.protocol = learner, data, protocol
+        self.name = name   # the run's label, for fault-injection points
         self.module = learner.module
         self.device = next(self.module.parameters()).device
         self.progress = progress or (lambda event, info: None)
@@ -94,7 +97,7 @@ class Trainer:
         self.module.train()
         steps = self.steps_per_epoch()
         loss_sum = torch.zeros(len(self.learner.task_names), device=self.device)
-        weights: list[np.ndarray] = []
+        weights: list[torch.Tensor] = []   # per-step loss weights, kept on the device: read once per epoch
         sync(self.device)
         t0 = time.perf_counter()
         n_images = 0
@@ -105,11 +108,13 @@ class Trainer:
                 break
             self.optimizer.zero_grad(set_to_none=True)
             losses, w = self.learner.train_step(x, labels, targets)
+            if faults.hit("train_step", cell=self.name, epoch=epoch, step=step + 1) == "nan":
+                losses = losses * float("nan")
             self.optimizer.step()
             loss_sum += losses
             n_images += x.shape[0]
             if w is not None:
-                weights.append(np.asarray(w, dtype=np.float64).reshape(-1))
+                weights.append(torch.as_tensor(w, device=self.device).reshape(-1))
             self.progress("step", {"epoch": epoch, "step": step + 1, "steps": steps})
         sync(self.device)
         seconds = time.perf_counter() - t0
@@ -135,7 +140,7 @@ class Trainer:
                   "val_mape": val["mape"]}
         self.state.epochs.append(record)
         if weights:
-            w = np.stack(weights)
+            w = torch.stack(weights).double().cpu().numpy()
             for i, task in enumerate(names):
                 self.state.weights.append({"epoch": epoch, "task": task, "weight": float(w[:, i].mean()),
                                            "weight_std": float(w[:, i].std())})
@@ -162,10 +167,32 @@ class Trainer:
         m = preds.metrics(self.data.num_classes)
         return {"loss": loss, **m}
 
-    def fit(self, epochs: int | None = None) -> None:
+    def fit(self, epochs: int | None = None, on_epoch: EpochFn | None = None) -> None:
+        """Train up to ``epochs`` (default: the protocol's); ``on_epoch`` runs after each (checkpoints)."""
         target = epochs if epochs is not None else self.protocol.epochs
         while self.epoch < target:
             self.train_epoch()
+            if on_epoch is not None:
+                on_epoch(self)
+            faults.hit("epoch_end", cell=self.name, epoch=self.epoch)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue exactly here: see :mod:`mtlbench.train.checkpoint`."""
+        from mtlbench.train.checkpoint import attribute_state, rng_state
+
+        return {"module": self.module.state_dict(), "attributes": attribute_state(self.module),
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "rng": rng_state(self.generator), "history": self.state}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        from mtlbench.train.checkpoint import load_attribute_state, load_rng_state
+
+        self.module.load_state_dict(state["module"])
+        load_attribute_state(self.module, state["attributes"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.state = state["history"]
+        load_rng_state(self.generator, state["rng"])
 
     def final_predictions(self) -> tuple[Predictions, Predictions]:
         """Test predictions at the last epoch and at the best-validation epoch (its weights restored)."""

@@ -1,0 +1,161 @@
+"""Mid-run checkpoints: everything a :class:`~mtlbench.train.loop.Trainer` needs to continue an interrupted run
+as if it had never stopped (model, optimizer, scheduler, weighting state, every RNG, history), one file per run,
+written atomically (temporary file, fsync, rename).
+
+On a fixed seed on the CPU a resumed run's metrics equal an uninterrupted run's bit for bit
+(``tests/test_faults.py``). The file is a ``torch.save`` pickle written by mtlbench into the user's own results
+folder; it is loaded with ``weights_only=False`` because it holds NumPy and ``random`` states.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from mtlbench import faults
+from mtlbench.errors import MtlbenchError
+
+FORMAT = 1
+SUFFIX = ".ckpt"
+_PLAIN = (bool, int, float, str, np.ndarray, np.generic, torch.Tensor, type(None))
+_MODULE_INTERNALS = frozenset(vars(nn.Module())) | {"_compiled_call_impl"}   # hooks, registries: not state
+
+
+class CheckpointError(MtlbenchError):
+    """A checkpoint file cannot be used (unreadable, truncated, or of another run)."""
+
+
+@dataclass(frozen=True)
+class CheckpointPolicy:
+    """Where and how often a run saves checkpoints; ``every=0`` turns them off."""
+
+    root: Path | None = None
+    every: int = 1
+    keep: bool = False
+
+    @property
+    def enabled(self) -> bool:
+        return self.root is not None and self.every > 0
+
+    def path(self, run_id: str) -> Path:
+        assert self.root is not None
+        return Path(self.root) / f"{run_id}{SUFFIX}"
+
+
+def _plain(value: Any) -> bool:
+    if isinstance(value, _PLAIN):
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(_plain(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _plain(v) for k, v in value.items())
+    return False
+
+
+def _detached(value: Any) -> Any:
+    # Per-step leftovers such as LibMTL's ``rep`` may still belong to an autograd graph; their values suffice.
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone()
+    if isinstance(value, (list, tuple)):
+        return type(value)(_detached(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _detached(v) for k, v in value.items()}
+    return value
+
+
+def attribute_state(module: nn.Module) -> dict[str, dict[str, Any]]:
+    """The plain-data attributes of every submodule (not parameters or buffers, which ``state_dict`` holds).
+
+    LibMTL's weightings keep their state as such attributes of the composed model (DWA's and GradNorm's loss
+    buffer, GradVac's ``rho_T``, Nash-MTL's previous weights, MoCo's tracked gradients, LTB's temperature), so
+    saving them all needs no per-method code and stays right for methods added later."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, sub in module.named_modules():
+        attrs = {k: _detached(v) for k, v in vars(sub).items() if k not in _MODULE_INTERNALS and _plain(v)}
+        if attrs:
+            out[name] = attrs
+    return out
+
+
+def load_attribute_state(module: nn.Module, state: dict[str, dict[str, Any]]) -> None:
+    subs = dict(module.named_modules())
+    for name, attrs in state.items():
+        if name not in subs:
+            raise CheckpointError(f"checkpoint names a submodule {name!r} this model does not have")
+        for key, value in attrs.items():
+            setattr(subs[name], key, value)
+
+
+def rng_state(generator: torch.Generator) -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+             "generator": generator.get_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def load_rng_state(generator: torch.Generator, state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    generator.set_state(state["generator"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save(path: Path, payload: dict[str, Any], *, cell: str = "", epoch: int = 0) -> float:
+    """Write ``payload`` atomically; returns the seconds it took. A crash leaves the previous checkpoint intact."""
+    t0 = time.perf_counter()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            torch.save({"format": FORMAT, **payload}, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        faults.hit("checkpoint_write", cell=cell, epoch=epoch)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return time.perf_counter() - t0
+
+
+def load(path: Path, run_id: str, device: torch.device) -> dict[str, Any]:
+    """Read a checkpoint of ``run_id``; :class:`CheckpointError` names the file and what is wrong with it."""
+    try:
+        payload = torch.load(path, map_location=device, weights_only=False)
+    except Exception as exc:  # noqa: BLE001 — truncated, corrupt or foreign: all mean "cannot resume"
+        raise CheckpointError(f"checkpoint {path} is unreadable ({type(exc).__name__}: {exc})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"checkpoint {path} has an unknown format")
+    if payload.get("run_id") != run_id:
+        raise CheckpointError(f"checkpoint {path} belongs to run {payload.get('run_id')!r}, not {run_id!r}")
+    return payload
+
+
+def discard(policy: CheckpointPolicy, run_id: str) -> None:
+    """Remove a run's checkpoint (after its result is stored), unless the policy keeps them."""
+    if policy.root is not None and not policy.keep:
+        policy.path(run_id).unlink(missing_ok=True)
+
+
+def clean_temporaries(root: Path) -> None:
+    """Remove checkpoint files whose write was interrupted (never a complete checkpoint)."""
+    if root.is_dir():
+        for p in root.glob(f".*{SUFFIX}.*.tmp"):
+            p.unlink(missing_ok=True)

@@ -1,0 +1,270 @@
+"""Crash safety: mid-run checkpoints and the fault-injection suite (``mtlbench.faults``).
+
+After every fault: no finished cell lost or duplicated, the store readable, the message clear. Kills are real
+SIGKILLs of a ``mtlbench sweep`` subprocess, placed deterministically by ``MTLBENCH_FAULT``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import REPO, run_cli
+from mtlbench.config import Protocol, RunConfig
+from mtlbench.data import DeviceData, resolve_dataset
+from mtlbench.methods.weightings import WEIGHTINGS
+from mtlbench.records.store import ResultsStore
+from mtlbench.runs import run_cell
+from mtlbench.sweep.runner import run_sweep
+from mtlbench.sweep.spec import load_spec
+from mtlbench.train import checkpoint
+
+SPEC = """
+name = "faults"
+[data]
+source = "{data}"
+[protocol]
+epochs = 3
+batch_size = 8
+img_size = 32
+max_steps_per_epoch = 2
+latency_repeats = 1
+[axes]
+architectures = ["HPS"]
+weightings = ["EW", "DWA"]
+decoders = ["decoder1"]
+[fastcar]
+enabled = true
+"""
+METRICS = [f"{w}_{m}" for w in ("best", "last") for m in ("accuracy", "mse", "mae", "mape")] + ["best_epoch"]
+DWA = "HPS+DWA/decoder1"
+
+
+@pytest.fixture(scope="module")
+def spec_path(tmp_path_factory, tiny_data) -> Path:
+    path = tmp_path_factory.mktemp("faults") / "faults.toml"
+    path.write_text(SPEC.format(data=tiny_data))
+    return path
+
+
+@pytest.fixture(scope="module")
+def reference(spec_path, tmp_path_factory, cache_dir) -> pd.DataFrame:
+    """The uninterrupted sweep's runs, indexed by run id."""
+    out = tmp_path_factory.mktemp("ref") / "res"
+    assert run_cli("sweep", str(spec_path), "--out", str(out), cache=cache_dir).returncode == 0
+    return pd.read_parquet(out / "runs.parquet").set_index("run_id")
+
+
+def sweep_with_fault(spec: Path, out: Path, fault: str, cache: Path, *extra: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "MTLBENCH_CACHE": str(cache), "MTLBENCH_FAULT": fault, "COLUMNS": "200"}
+    return subprocess.run([sys.executable, "-m", "mtlbench", "sweep", str(spec), "--out", str(out), *extra],
+                          capture_output=True, text=True, env=env, cwd=REPO, timeout=900)
+
+
+def assert_store_sound(out: Path, reference: pd.DataFrame) -> pd.DataFrame:
+    """Every cell present once, ok, with the uninterrupted run's metrics bit for bit; no checkpoint left."""
+    runs = ResultsStore(out).read("runs").set_index("run_id")
+    assert runs.index.is_unique and set(runs.index) == set(reference.index)
+    assert (runs.status == "ok").all(), runs[["status", "message"]]
+    pd.testing.assert_frame_equal(runs.loc[reference.index, METRICS], reference[METRICS], check_exact=True)
+    consolidated = pd.read_parquet(out / "runs.parquet")
+    assert len(consolidated) == len(reference) and consolidated.run_id.is_unique
+    assert not list((out / "checkpoints").glob("*")) if (out / "checkpoints").exists() else True
+    return runs
+
+
+def mtimes(out: Path) -> dict[str, int]:
+    return {p.name: (p / "runs.parquet").stat().st_mtime_ns for p in (out / "cells").iterdir()
+            if not p.name.startswith(".")}
+
+
+# -- checkpoints: resume equals uninterrupted ----------------------------------------------------------------------
+# Bitwise everywhere but Nash-MTL: its convex solver (cvxpy + Clarabel) keeps internal warm-start data that a
+# checkpoint does not hold (the warm-start point itself is saved), so a resumed run agrees to the solver's tolerance.
+RESUME_RTOL = {"Nash-MTL": 1e-5}
+RESUME_CELLS = [("HPS", w) for w in WEIGHTINGS.names()] + [("LTB", "EW"), ("MTAN", "GradVac"), ("MMoE", "MoCo")]
+
+
+@pytest.mark.parametrize("arch,weighting", RESUME_CELLS, ids=[f"{a}+{w}" for a, w in RESUME_CELLS])
+def test_resume_from_checkpoint_equals_uninterrupted(arch, weighting, tiny_data, cache_dir, tmp_path, monkeypatch):
+    # Interrupted after epoch 2's checkpoint (an exception: the checkpoint survives, as after a kill), resumed
+    # in a fresh model: the weighting's state, RNGs, optimizer and scheduler carry over, so the result is equal.
+    table = resolve_dataset(str(tiny_data), cache_dir=str(cache_dir))
+    data = DeviceData.from_table(table, 32, __import__("torch").device("cpu"), cache_dir=str(cache_dir))
+    cfg = RunConfig(kind="mtl", architecture=arch, weighting=weighting, decoder="decoder1", seed=3,
+                    protocol=Protocol(epochs=4, batch_size=8, img_size=32, max_steps_per_epoch=2,
+                                      latency_repeats=1))
+    whole = run_cell(cfg, table, data)
+    assert whole.status == "ok", whole.message
+    monkeypatch.setenv("MTLBENCH_FAULT", f"epoch_end:cell={cfg.cell_name}:epoch=2:raise")
+    cut = run_cell(cfg, table, data, checkpoint_dir=tmp_path)
+    assert cut.status == "failed" and "fault injected" in cut.message
+    assert (tmp_path / f"{cut.run_id}.ckpt").exists()
+    monkeypatch.delenv("MTLBENCH_FAULT")
+    resumed = run_cell(cfg, table, data, checkpoint_dir=tmp_path)
+    assert resumed.status == "ok" and resumed.row["resumed_from_epoch"] == 2
+    rtol = RESUME_RTOL.get(weighting, 0.0)
+    for key in METRICS:
+        assert resumed.row[key] == pytest.approx(whole.row[key], rel=rtol, abs=0), key
+    for name in ("epochs", "weights"):
+        a, b = pd.DataFrame(resumed.tables[name]), pd.DataFrame(whole.tables[name])
+        cols = [c for c in a.columns if c != "seconds"]
+        pd.testing.assert_frame_equal(a[cols], b[cols], check_exact=not rtol, rtol=rtol or 1e-5)
+    if not rtol:
+        preds = [pd.DataFrame(r.tables["predictions"]) for r in (resumed, whole)]
+        pd.testing.assert_frame_equal(*preds, check_exact=True)
+
+
+def test_fastcar_resumes_without_searching_again(tiny_data, cache_dir, tmp_path, monkeypatch):
+    table = resolve_dataset(str(tiny_data), cache_dir=str(cache_dir))
+    data = DeviceData.from_table(table, 32, __import__("torch").device("cpu"), cache_dir=str(cache_dir))
+    cfg = RunConfig(kind="fastcar", seed=1, protocol=Protocol(epochs=3, batch_size=8, img_size=32,
+                                                              max_steps_per_epoch=2, latency_repeats=1))
+    whole = run_cell(cfg, table, data)
+    monkeypatch.setenv("MTLBENCH_FAULT", "epoch_end:cell=FastCAR:epoch=2:raise")
+    assert run_cell(cfg, table, data, checkpoint_dir=tmp_path).status == "failed"
+    monkeypatch.delenv("MTLBENCH_FAULT")
+    resumed = run_cell(cfg, table, data, checkpoint_dir=tmp_path)
+    assert resumed.row["resumed_from_epoch"] == 2
+    assert resumed.tables["label_search"] == whole.tables["label_search"] or \
+        [{k: v for k, v in r.items() if k != "seconds"} for r in resumed.tables["label_search"]] == \
+        [{k: v for k, v in r.items() if k != "seconds"} for r in whole.tables["label_search"]]
+    for key in METRICS:
+        assert resumed.row[key] == whole.row[key], key
+
+
+def test_checkpoint_holds_what_resuming_needs(tiny_data, cache_dir, tmp_path):
+    table = resolve_dataset(str(tiny_data), cache_dir=str(cache_dir))
+    data = DeviceData.from_table(table, 32, __import__("torch").device("cpu"), cache_dir=str(cache_dir))
+    cfg = RunConfig(kind="mtl", architecture="HPS", weighting="DWA", decoder="decoder1",
+                    protocol=Protocol(epochs=3, batch_size=8, img_size=32, max_steps_per_epoch=1, latency_repeats=1))
+    run_cell(cfg, table, data, checkpoint_dir=tmp_path)
+    payload = checkpoint.load(tmp_path / f"{cfg.run_id(table.fingerprint())}.ckpt", cfg.run_id(table.fingerprint()),
+                              data.device)
+    state = payload["trainer"]
+    assert payload["epoch"] == 2   # every epoch but the last
+    assert {"module", "attributes", "optimizer", "scheduler", "rng", "history"} <= set(state)
+    assert set(state["rng"]) >= {"python", "numpy", "torch", "generator"}
+    assert np.asarray(state["attributes"][""]["train_loss_buffer"])[:, :2].any()   # DWA's loss history
+    assert len(state["history"].epochs) == 2
+    with pytest.raises(checkpoint.CheckpointError, match="belongs to run"):
+        checkpoint.load(tmp_path / f"{cfg.run_id(table.fingerprint())}.ckpt", "another", data.device)
+
+
+# -- the fault-injection suite -------------------------------------------------------------------------------------
+def test_sigkill_during_a_cell_resumes_from_its_checkpoint(spec_path, reference, tmp_path, cache_dir):
+    out = tmp_path / "res"
+    proc = sweep_with_fault(spec_path, out, f"epoch_end:cell={DWA}:epoch=2:kill", cache_dir)
+    assert proc.returncode == -9
+    before = mtimes(out)
+    assert len(before) == 2                       # FastCAR and EW finished; DWA was killed after epoch 2
+    assert len(list((out / "checkpoints").glob("*.ckpt"))) == 1
+    resumed = run_cli("sweep", str(spec_path), "--out", str(out), cache=cache_dir)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "2 already finished" in resumed.stdout and "from its epoch-2 checkpoint" in resumed.stdout
+    assert all(mtimes(out)[k] == v for k, v in before.items())   # finished cells were not re-run
+    runs = assert_store_sound(out, reference)
+    assert runs.resumed_from_epoch.dropna().tolist() == [2]
+
+
+def test_sigkill_during_a_checkpoint_write_keeps_the_previous_one(spec_path, reference, tmp_path, cache_dir):
+    out = tmp_path / "res"
+    proc = sweep_with_fault(spec_path, out, f"checkpoint_write:cell={DWA}:epoch=2:kill", cache_dir)
+    assert proc.returncode == -9
+    ckpts = out / "checkpoints"
+    assert len(list(ckpts.glob("*.ckpt"))) == 1 and len(list(ckpts.glob(".*.tmp"))) == 1   # epoch 1 + half of 2
+    resumed = run_cli("sweep", str(spec_path), "--out", str(out), cache=cache_dir)
+    assert resumed.returncode == 0 and "from its epoch-1 checkpoint" in resumed.stdout
+    runs = assert_store_sound(out, reference)
+    assert runs.resumed_from_epoch.dropna().tolist() == [1]
+    assert not list(ckpts.glob(".*"))   # the interrupted write was cleaned up
+
+
+def test_sigkill_during_consolidation_loses_nothing(spec_path, reference, tmp_path, cache_dir):
+    out = tmp_path / "res"
+    proc = sweep_with_fault(spec_path, out, "consolidate:table=epochs:kill", cache_dir)
+    assert proc.returncode == -9
+    assert len(ResultsStore(out).read("runs")) == 3   # readable from the fragments at once
+    again = run_cli("sweep", str(spec_path), "--out", str(out), cache=cache_dir)
+    assert again.returncode == 0 and "3 already finished" in again.stdout
+    assert_store_sound(out, reference)
+    for name in ("epochs", "predictions"):
+        df = pd.read_parquet(out / f"{name}.parquet")
+        assert len(df) == len(df.drop_duplicates()) and set(df.run_id) == set(reference.index)
+
+
+@pytest.mark.parametrize("action,status,words", [("nan", "diverged", "nan"), ("oom", "failed", "out of memory")])
+def test_nan_and_out_of_memory_mid_cell_mark_only_that_cell(action, status, words, spec_path, reference, tmp_path,
+                                                            cache_dir):
+    out = tmp_path / "res"
+    proc = sweep_with_fault(spec_path, out, f"train_step:cell={DWA}:epoch=2:step=1:{action}", cache_dir)
+    assert proc.returncode == 1 and status in proc.stdout
+    runs = ResultsStore(out).read("runs").set_index("run_id")
+    bad = runs[runs.weighting == "DWA"].iloc[0]
+    assert bad.status == status and bad.failed_epoch == 2 and words in bad.message.lower()
+    good = runs[runs.status == "ok"]
+    assert len(good) == 2 and (good[METRICS] == reference.loc[good.index, METRICS]).all().all()
+    assert not list((out / "checkpoints").glob("*"))   # the failed cell's checkpoint went with it
+    retried = run_cli("sweep", str(spec_path), "--out", str(out), "--retry-failed", cache=cache_dir)
+    if status == "failed":   # --retry-failed re-runs failed cells (not diverged ones)
+        assert retried.returncode == 0, retried.stdout
+        assert_store_sound(out, reference)
+
+
+def test_corrupt_checkpoint_restarts_the_cell_and_says_so(spec_path, reference, tmp_path, cache_dir):
+    out = tmp_path / "res"
+    assert sweep_with_fault(spec_path, out, f"epoch_end:cell={DWA}:epoch=2:kill", cache_dir).returncode == -9
+    (ckpt,) = (out / "checkpoints").glob("*.ckpt")
+    ckpt.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])   # truncated, as by a full disk
+    resumed = run_cli("sweep", str(spec_path), "--out", str(out), cache=cache_dir)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    runs = assert_store_sound(out, reference)
+    dwa = runs[runs.weighting == "DWA"].iloc[0]
+    assert pd.isna(dwa.resumed_from_epoch)
+    assert f"checkpoint {ckpt} is unreadable" in dwa.message and "restarted from epoch 0" in dwa.message
+
+
+def test_incompatible_schema_version_is_refused_and_untouched(spec_path, tmp_path, cache_dir):
+    out = tmp_path / "res"
+    out.mkdir()
+    (out / "store.json").write_text('{"schema_version": 1}')
+    (out / "runs.parquet").write_bytes(b"PAR1 old")
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    proc = run_cli("sweep", str(spec_path), "--out", str(out), cache=cache_dir)
+    assert proc.returncode == 2
+    line = proc.stderr.strip().splitlines()[-1]
+    assert "schema version 1" in line and str(out) in line and "another --out" in line
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+
+
+def test_two_sweeps_on_one_folder_the_second_is_refused(spec_path, reference, tmp_path, cache_dir):
+    out = tmp_path / "res"
+    env = {**os.environ, "MTLBENCH_CACHE": str(cache_dir), "MTLBENCH_FAULT": "cell_start:cell=FastCAR:sleep=15"}
+    first = subprocess.Popen([sys.executable, "-m", "mtlbench", "sweep", str(spec_path), "--out", str(out)],
+                             env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    lock = out / ".lock"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (lock.exists() and lock.read_text() == str(first.pid)):
+        time.sleep(0.1)
+    second = run_cli("sweep", str(spec_path), "--out", str(out), cache=cache_dir)
+    assert first.wait(timeout=900) == 0
+    assert second.returncode == 2
+    assert f"is in use by another sweep (pid {first.pid})" in second.stderr
+    assert_store_sound(out, reference)
+
+
+def test_keep_checkpoints_and_force(spec_path, tmp_path, cache_dir):
+    out = tmp_path / "res"
+    assert run_cli("sweep", str(spec_path), "--out", str(out), "--keep-checkpoints", cache=cache_dir).returncode == 0
+    assert len(list((out / "checkpoints").glob("*.ckpt"))) == 3   # FastCAR, EW, DWA: the epoch-2 checkpoints
+    forced = run_cli("sweep", str(spec_path), "--out", str(out), "--force", cache=cache_dir)
+    assert forced.returncode == 0 and "resumed" not in forced.stdout   # --force starts over
+    assert not list((out / "checkpoints").glob("*.ckpt"))
