@@ -10,12 +10,12 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from conftest import REPO, run_cli
 from mtlbench.config import Protocol, RunConfig
@@ -23,8 +23,6 @@ from mtlbench.data import DeviceData, resolve_dataset
 from mtlbench.methods.weightings import WEIGHTINGS
 from mtlbench.records.store import ResultsStore
 from mtlbench.runs import run_cell
-from mtlbench.sweep.runner import run_sweep
-from mtlbench.sweep.spec import load_spec
 from mtlbench.train import checkpoint
 
 SPEC = """
@@ -87,6 +85,12 @@ def mtimes(out: Path) -> dict[str, int]:
 
 
 # -- checkpoints: resume equals uninterrupted ----------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def loaded(tiny_data, cache_dir):
+    table = resolve_dataset(str(tiny_data), cache_dir=str(cache_dir))
+    return table, DeviceData.from_table(table, 32, torch.device("cpu"), cache_dir=str(cache_dir))
+
+
 # Bitwise everywhere but Nash-MTL: its convex solver (cvxpy + Clarabel) keeps internal warm-start data that a
 # checkpoint does not hold (the warm-start point itself is saved), so a resumed run agrees to the solver's tolerance.
 RESUME_RTOL = {"Nash-MTL": 1e-5}
@@ -94,11 +98,10 @@ RESUME_CELLS = [("HPS", w) for w in WEIGHTINGS.names()] + [("LTB", "EW"), ("MTAN
 
 
 @pytest.mark.parametrize("arch,weighting", RESUME_CELLS, ids=[f"{a}+{w}" for a, w in RESUME_CELLS])
-def test_resume_from_checkpoint_equals_uninterrupted(arch, weighting, tiny_data, cache_dir, tmp_path, monkeypatch):
+def test_resume_from_checkpoint_equals_uninterrupted(arch, weighting, loaded, tmp_path, monkeypatch):
     # Interrupted after epoch 2's checkpoint (an exception: the checkpoint survives, as after a kill), resumed
     # in a fresh model: the weighting's state, RNGs, optimizer and scheduler carry over, so the result is equal.
-    table = resolve_dataset(str(tiny_data), cache_dir=str(cache_dir))
-    data = DeviceData.from_table(table, 32, __import__("torch").device("cpu"), cache_dir=str(cache_dir))
+    table, data = loaded
     cfg = RunConfig(kind="mtl", architecture=arch, weighting=weighting, decoder="decoder1", seed=3,
                     protocol=Protocol(epochs=4, batch_size=8, img_size=32, max_steps_per_epoch=2,
                                       latency_repeats=1))
@@ -123,9 +126,8 @@ def test_resume_from_checkpoint_equals_uninterrupted(arch, weighting, tiny_data,
         pd.testing.assert_frame_equal(*preds, check_exact=True)
 
 
-def test_fastcar_resumes_without_searching_again(tiny_data, cache_dir, tmp_path, monkeypatch):
-    table = resolve_dataset(str(tiny_data), cache_dir=str(cache_dir))
-    data = DeviceData.from_table(table, 32, __import__("torch").device("cpu"), cache_dir=str(cache_dir))
+def test_fastcar_resumes_without_searching_again(loaded, tmp_path, monkeypatch):
+    table, data = loaded
     cfg = RunConfig(kind="fastcar", seed=1, protocol=Protocol(epochs=3, batch_size=8, img_size=32,
                                                               max_steps_per_epoch=2, latency_repeats=1))
     whole = run_cell(cfg, table, data)
@@ -134,16 +136,16 @@ def test_fastcar_resumes_without_searching_again(tiny_data, cache_dir, tmp_path,
     monkeypatch.delenv("MTLBENCH_FAULT")
     resumed = run_cell(cfg, table, data, checkpoint_dir=tmp_path)
     assert resumed.row["resumed_from_epoch"] == 2
-    assert resumed.tables["label_search"] == whole.tables["label_search"] or \
-        [{k: v for k, v in r.items() if k != "seconds"} for r in resumed.tables["label_search"]] == \
-        [{k: v for k, v in r.items() if k != "seconds"} for r in whole.tables["label_search"]]
+    def search(result):   # the attempts, without their timings
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in result.tables["label_search"]]
+
+    assert search(resumed) == search(whole)
     for key in METRICS:
         assert resumed.row[key] == whole.row[key], key
 
 
-def test_checkpoint_holds_what_resuming_needs(tiny_data, cache_dir, tmp_path):
-    table = resolve_dataset(str(tiny_data), cache_dir=str(cache_dir))
-    data = DeviceData.from_table(table, 32, __import__("torch").device("cpu"), cache_dir=str(cache_dir))
+def test_checkpoint_holds_what_resuming_needs(loaded, tmp_path):
+    table, data = loaded
     cfg = RunConfig(kind="mtl", architecture="HPS", weighting="DWA", decoder="decoder1",
                     protocol=Protocol(epochs=3, batch_size=8, img_size=32, max_steps_per_epoch=1, latency_repeats=1))
     run_cell(cfg, table, data, checkpoint_dir=tmp_path)
