@@ -38,6 +38,33 @@ def run_cli(*args: str, cache: Path, cwd: Path | None = None, timeout: int = 900
                           cwd=cwd or REPO, timeout=timeout)
 
 
+# A few HPS cells on the tiny data: 32 px, batch 8, 2 steps per epoch.
+SMALL = """
+name = "small"
+[data]
+source = "{data}"
+[protocol]
+epochs = {epochs}
+batch_size = 8
+img_size = 32
+max_steps_per_epoch = 2
+latency_repeats = 1
+[axes]
+architectures = ["HPS"]
+weightings = {weightings}
+decoders = ["decoder1"]
+[fastcar]
+enabled = {fastcar}
+"""
+
+
+def small_spec(tmp_path: Path, data: Path, *, weightings='["EW", "UW", "DWA", "RLW", "GLS"]', epochs=1,
+               fastcar="true", extra="") -> Path:
+    path = tmp_path / "small.toml"
+    path.write_text(SMALL.format(data=data, weightings=weightings, epochs=epochs, fastcar=fastcar) + extra)
+    return path
+
+
 @pytest.fixture(scope="session")
 def smoke_results(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Path:
     """The shipped smoke sweep (all 204 cells + FastCAR), run once per session through the real CLI."""

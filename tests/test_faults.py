@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import REPO, run_cli
+from conftest import REPO, run_cli, small_spec
 from mtlbench.config import Protocol, RunConfig
 from mtlbench.data import DeviceData, resolve_dataset
 from mtlbench.methods.weightings import WEIGHTINGS
@@ -25,32 +25,13 @@ from mtlbench.records.store import ResultsStore
 from mtlbench.runs import run_cell
 from mtlbench.train import checkpoint
 
-SPEC = """
-name = "faults"
-[data]
-source = "{data}"
-[protocol]
-epochs = 3
-batch_size = 8
-img_size = 32
-max_steps_per_epoch = 2
-latency_repeats = 1
-[axes]
-architectures = ["HPS"]
-weightings = ["EW", "DWA"]
-decoders = ["decoder1"]
-[fastcar]
-enabled = true
-"""
 METRICS = [f"{w}_{m}" for w in ("best", "last") for m in ("accuracy", "mse", "mae", "mape")] + ["best_epoch"]
 DWA = "HPS+DWA/decoder1"
 
 
 @pytest.fixture(scope="module")
 def spec_path(tmp_path_factory, tiny_data) -> Path:
-    path = tmp_path_factory.mktemp("faults") / "faults.toml"
-    path.write_text(SPEC.format(data=tiny_data))
-    return path
+    return small_spec(tmp_path_factory.mktemp("faults"), tiny_data, weightings='["EW", "DWA"]', epochs=3)
 
 
 @pytest.fixture(scope="module")

@@ -7,41 +7,15 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from conftest import REPO, run_cli
+from conftest import REPO, run_cli, small_spec
 from mtlbench.errors import ConfigError
 from mtlbench.records.store import ResultsStore, StoreError
 from mtlbench.sweep.runner import run_sweep
 from mtlbench.sweep.spec import load_spec, matches, parse_filters, parse_spec
-
-SMALL = """
-name = "small"
-[data]
-source = "{data}"
-[protocol]
-epochs = {epochs}
-batch_size = 8
-img_size = 32
-max_steps_per_epoch = 2
-latency_repeats = 1
-[axes]
-architectures = ["HPS"]
-weightings = {weightings}
-decoders = ["decoder1"]
-[fastcar]
-enabled = {fastcar}
-"""
-
-
-def small_spec(tmp_path: Path, data: Path, *, weightings='["EW", "UW", "DWA", "RLW", "GLS"]', epochs=1,
-               fastcar="true", extra="") -> Path:
-    path = tmp_path / "small.toml"
-    path.write_text(SMALL.format(data=data, weightings=weightings, epochs=epochs, fastcar=fastcar) + extra)
-    return path
 
 
 def test_shipped_specs_parse():
