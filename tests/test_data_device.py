@@ -115,3 +115,34 @@ def test_cuda_device(table, tmp_path: Path):
     g_cpu = torch.Generator().manual_seed(0)
     x2, *_ = next(data.batches("train", 8, shuffle=True, flip=True, generator=g_cpu))
     assert x2.is_cuda
+
+
+
+def _mappings_of(path_part: str) -> list[tuple[int, int]]:
+    ranges = []
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        fields = line.split()
+        if len(fields) >= 6 and path_part in fields[-1]:
+            lo, hi = (int(v, 16) for v in fields[0].split("-"))
+            ranges.append((lo, hi))
+    return ranges
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs Linux /proc")
+def test_resident_data_is_the_shared_memory_map_on_cpu(tmp_path: Path):
+    """The speed issue's memory target: the decoded set costs its uint8 size once. On a CPU device every split is a
+    view of the memory-mapped cache file (file-backed pages, shared by every process and every load that maps it),
+    not a private copy; batches only allocate their own float32 tensors."""
+    root = write_synthetic(tmp_path / "syn", per_class=(4, 2, 2), image_size=32, seed=5)
+    table = read_published(root, name="mem")
+    loads = [DeviceData.from_table(table, 32, "cpu", cache_dir=tmp_path / "cache") for _ in range(2)]
+    files = list((tmp_path / "cache" / "images").glob("*.u8"))
+    assert len(files) == 1
+    ranges = _mappings_of(str(files[0].resolve()))
+    assert ranges, "the cache file is not memory-mapped"
+    for d in loads:
+        for name, split in d.splits.items():
+            start = split.images.data_ptr()
+            end = start + split.images.numel()
+            assert any(lo <= start and end <= hi for lo, hi in ranges), f"split {name} is a private copy"
+    assert sum(s.images.numel() for s in loads[0].splits.values()) == files[0].stat().st_size == 48 * 3 * 32 * 32
