@@ -32,14 +32,14 @@ from torchvision import transforms
 
 from mtlbench.data import DeviceData, resolve_dataset
 from mtlbench.data.device import IMAGENET_MEAN, IMAGENET_STD
-from mtlbench.environment import device_name, resolve_device
+from mtlbench.environment import check_amp, device_name, resolve_device
 from mtlbench.fastcar.transform import LabelTransform
 from mtlbench.libmtl_compat import libmtl_architecture as A, libmtl_weighting as W
 from mtlbench.models.decoders import build_decoder
 from mtlbench.models.encoder import EncoderFactory
 from mtlbench.models.mtl import Regressor, build_mtl_model
-from mtlbench.train.learners import FastCARLearner, MTLLearner
-from mtlbench.train.loop import sync
+from mtlbench.train.learners import FastCARLearner, MTLLearner, autocast_for
+from mtlbench.train.loop import make_adam, sync
 
 REPO = Path(__file__).resolve().parents[1]
 STEEL = REPO.parent / "shared" / "datasets" / "advanced-steel-property"
@@ -83,23 +83,61 @@ def stock_model(arch, weighting, num_classes: int, side: int, device: torch.devi
     return m
 
 
-def time_steps(step, batches, n_steps: int, warmup: int, device: torch.device, batch: int) -> float:
-    it = iter(batches())
-    for _ in range(warmup):
-        step(*next(it))
-    sync(device)
-    t0 = time.perf_counter()
-    done = 0
-    while done < n_steps:
+def rss_anon() -> int:
+    """This process's private (anonymous) resident memory in bytes; 0 where /proc is absent."""
+    status = Path("/proc/self/status")
+    if not status.exists():
+        return 0
+    for line in status.read_text().splitlines():
+        if line.startswith("RssAnon:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+class Lane:
+    """One timed training path. Lanes of a case run in alternating blocks of steps, so the baseline, mtlbench and
+    the floor see the same machine: a shared CPU's speed drifts by 20 % over minutes, more than some of the
+    differences measured. Fetching the batch is inside the timed region (it is the baseline's data pipeline)."""
+
+    def __init__(self, step, batches, device: torch.device) -> None:
+        self.step, self.batches, self.device = step, batches, device
+        self.it = iter(batches())
+        self.seconds, self.steps = 0.0, 0
+
+    def _next(self):
         try:
-            args = next(it)
+            return next(self.it)
         except StopIteration:
-            it = iter(batches())
-            continue
-        step(*args)
-        done += 1
-    sync(device)
-    return n_steps * batch / (time.perf_counter() - t0)
+            self.it = iter(self.batches())
+            return next(self.it)
+
+    def warm_up(self, n: int) -> None:
+        for _ in range(n):
+            self.step(*self._next())
+        sync(self.device)
+
+    def run(self, n: int) -> None:
+        sync(self.device)
+        t0 = time.perf_counter()
+        for _ in range(n):
+            self.step(*self._next())
+        sync(self.device)
+        self.seconds += time.perf_counter() - t0
+        self.steps += n
+
+    def images_per_s(self, batch: int) -> float:
+        return self.steps * batch / self.seconds
+
+
+def interleaved(lanes: list[Lane], steps: int, block: int, warmup: int) -> None:
+    for lane in lanes:
+        lane.warm_up(warmup)
+    done = 0
+    while done < steps:
+        n = min(block, steps - done)
+        for lane in lanes:
+            lane.run(n)
+        done += n
 
 
 def main() -> None:
@@ -107,26 +145,38 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--img-size", type=int, default=None, help="default: 64 on CPU, 224 on CUDA")
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--steps", type=int, default=None, help="timed steps per case (default: 12 CPU, 60 CUDA)")
+    ap.add_argument("--steps", type=int, default=None, help="timed steps per case (default: 24 CPU, 60 CUDA)")
+    ap.add_argument("--block", type=int, default=None,
+                    help="steps per turn; baseline, mtlbench and floor take turns (default: 4 CPU, 10 CUDA)")
     ap.add_argument("--data", default=None, help="data set spec; default: the steel set if present, else default")
     ap.add_argument("--cases", default="HPS+EW,HPS+PCGrad,MTAN+EW,FastCAR")
     ap.add_argument("--workers", type=int, default=2, help="baseline DataLoader workers (LibMTL examples: 2)")
     ap.add_argument("--channels-last", action="store_true")
-    ap.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA or CPU)")
+    ap.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA, or a CPU with native bf16)")
     ap.add_argument("--compile", action="store_true", help="torch.compile mtlbench's models (warm-up compiles)")
     args = ap.parse_args()
 
     device = resolve_device(args.device)
+    check_amp(device, args.amp)
     side = args.img_size or (224 if device.type == "cuda" else 64)
-    steps = args.steps or (60 if device.type == "cuda" else 12)
+    steps = args.steps or (60 if device.type == "cuda" else 24)
+    block = args.block or (10 if device.type == "cuda" else 4)
     warmup = 3
     b = args.batch_size
     source = args.data or (str(STEEL) if STEEL.exists() else "default")
     table = resolve_dataset(source)
+    cuda_before = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
+    anon_before = rss_anon()
     data = DeviceData.from_table(table, side, device)
+    uint8_mib = sum(s.images.numel() for s in data.splits.values()) / 2**20
+    if device.type == "cuda":
+        held = f"{(torch.cuda.memory_allocated(device) - cuda_before) / 2**20:.1f} MiB of GPU memory"
+    else:
+        held = f"{(rss_anon() - anon_before) / 2**20:.1f} MiB of private host memory (the rest is the shared cache map)"
     train = table.split("train")
     print(f"device {device_name(device)}, data {table.name} ({len(train)} train images), {side} px, batch {b}, "
-          f"{steps} timed steps per case, torch {torch.__version__}")
+          f"{steps} timed steps per case, in turns of {block}, torch {torch.__version__}")
+    print(f"decoded data set: {uint8_mib:.1f} MiB as uint8; loading it took {held}")
 
     loader = DataLoader(PILDataset(train, side), batch_size=b, shuffle=True, drop_last=True,
                         num_workers=args.workers, pin_memory=device.type == "cuda",
@@ -147,17 +197,18 @@ def main() -> None:
     floor_model = Regressor().to(device)
     if args.channels_last:
         floor_model.to(memory_format=torch.channels_last)
-    opt = torch.optim.Adam(floor_model.parameters(), 1e-3, foreach=True)
+    opt = make_adam(list(floor_model.parameters()), 1e-3, 0.0)  # the optimiser mtlbench trains with
     x0, l0, t0 = next(fast_batches())
 
     def floor_step(x, labels, targets):
         opt.zero_grad(set_to_none=True)
-        F.mse_loss(floor_model(x0), t0).backward()
+        with autocast_for(device, args.amp):   # the floor at the precision the mtlbench side runs in
+            out = floor_model(x0)
+        F.mse_loss(out.float(), t0).backward()
         opt.step()
 
-    floor = time_steps(floor_step, fast_batches, steps, warmup, device, b)
-    print(f"{'floor (ResNet-18 fwd+bwd+Adam)':34s} {floor:9.1f} img/s")
-    print(f"{'case':14s} {'baseline img/s':>15s} {'mtlbench img/s':>15s} {'ratio':>7s} {'of floor':>9s}")
+    print(f"{'case':14s} {'baseline img/s':>15s} {'mtlbench img/s':>15s} {'ratio':>7s} {'floor img/s':>12s} "
+          f"{'of floor':>9s}")
     for case in args.cases.split(","):
         torch.manual_seed(0)
         if case == "FastCAR":
@@ -198,17 +249,18 @@ def main() -> None:
             if args.channels_last:
                 module.to(memory_format=torch.channels_last)
             learner = MTLLearner(module, built.backward_kwargs, epochs=1, amp=args.amp, compile=args.compile)
-        fused = {"fused": True} if device.type == "cuda" else {"foreach": True}
-        fast_opt = torch.optim.Adam(module.parameters(), 1e-3, weight_decay=1e-4, **fused)
+        fast_opt = make_adam(list(module.parameters()), 1e-3, 1e-4)
 
         def fast_step(x, labels, targets, learner=learner, fast_opt=fast_opt):
             fast_opt.zero_grad(set_to_none=True)
             learner.train_step(x, labels, targets)
             fast_opt.step()
 
-        base = time_steps(base_step, baseline_batches, steps, warmup, device, b)
-        fast = time_steps(fast_step, fast_batches, steps, warmup, device, b)
-        print(f"{case:14s} {base:15.1f} {fast:15.1f} {fast / base:6.2f}x {fast / floor:8.0%}")
+        lanes = [Lane(base_step, baseline_batches, device), Lane(fast_step, fast_batches, device),
+                 Lane(floor_step, fast_batches, device)]
+        interleaved(lanes, steps, block, warmup)
+        base, fast, floor = (lane.images_per_s(b) for lane in lanes)
+        print(f"{case:14s} {base:15.1f} {fast:15.1f} {fast / base:6.2f}x {floor:12.1f} {fast / floor:8.0%}")
 
 
 if __name__ == "__main__":

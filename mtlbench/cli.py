@@ -97,7 +97,7 @@ def fastcar(
     pretrained: bool = typer.Option(False, help="start from torchvision's ImageNet weights (local torch cache)"),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N"),
     max_steps: Optional[int] = typer.Option(None, help="cap on training steps per epoch (quick runs)"),
-    amp: bool = typer.Option(False, help="bf16 autocast (CUDA or CPU); losses and metrics stay float32"),
+    amp: bool = typer.Option(False, help="bf16 autocast (CUDA, or a CPU with native bf16); losses and metrics stay float32"),
     channels_last: bool = typer.Option(False, help="channels-last memory format"),
     compile: bool = typer.Option(False, help="torch.compile the model (CPU: needs a C++ compiler)"),
     out: Path = typer.Option(Path("results/fastcar"), help="results folder"),
@@ -106,7 +106,7 @@ def fastcar(
     """Run FastCAR: label transformation, one-epoch test, single-task ResNet-18 regressor, inverse transform."""
     from mtlbench.config import FastCARSettings, Protocol, RunConfig
     from mtlbench.data import DeviceData, resolve_dataset
-    from mtlbench.environment import resolve_device
+    from mtlbench.environment import check_amp, resolve_device
     from mtlbench.records.store import ResultsStore
     from mtlbench.runs import run_fastcar
     from mtlbench.ui import RunProgress, result_table
@@ -118,6 +118,7 @@ def fastcar(
                     fastcar=FastCARSettings(gap=gap, max_attempts=max_attempts))
     store = ResultsStore(out)
     dev = resolve_device(device)
+    check_amp(dev, amp)
     if pretrained:
         from mtlbench.models.encoder import load_imagenet_state
         load_imagenet_state()   # fail now, with the clear message, not after decoding the data

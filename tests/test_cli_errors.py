@@ -87,3 +87,27 @@ def test_wrong_label_type(tmp_path, cache_dir):
     table.write_text(f"path,label,target\n{img},0,hard\n{img},1,200\n{img},0,300\n")
     line = _one_error_line(run_cli("data", "info", str(table), cache=cache_dir))
     assert "target" in line
+
+
+def test_amp_on_a_cpu_without_native_bf16_is_refused(tmp_path, tiny_data, cache_dir):
+    import torch
+
+    from mtlbench.environment import check_amp, cpu_has_native_bf16
+    from mtlbench.errors import ConfigError
+
+    check_amp(torch.device("cpu"), False)
+    check_amp(torch.device("cuda"), True)   # CUDA bf16 is native; only the device type matters here
+    if cpu_has_native_bf16():
+        pytest.skip("this CPU has native bf16: amp is allowed on it")
+    with pytest.raises(ConfigError, match="no native bf16"):
+        check_amp(torch.device("cpu"), True)
+    line = _one_error_line(run_cli("fastcar", "--data", str(tiny_data), "--device", "cpu", "--amp", "--epochs", "1",
+                                   "--img-size", "32", "--out", str(tmp_path / "r"), cache=cache_dir))
+    assert "protocol.amp" in line and "--amp" in line
+    spec = tmp_path / "amp.toml"
+    spec.write_text('[protocol]\namp = true\nimg_size = 32\nepochs = 1\n[axes]\narchitectures = ["HPS"]\n'
+                    'weightings = ["EW"]\ndecoders = ["decoder1"]\n[fastcar]\nenabled = false\n')
+    line = _one_error_line(run_cli("sweep", str(spec), "--data", str(tiny_data), "--device", "cpu",
+                                   "--out", str(tmp_path / "s"), cache=cache_dir))
+    assert "no native bf16" in line
+    assert not (tmp_path / "s" / "runs.parquet").exists()

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from mtlbench.config import RunConfig
-from mtlbench.environment import resolve_device
+from mtlbench.environment import check_amp, resolve_device
 from mtlbench.records.store import ResultsStore
 from mtlbench.runs import CellResult
 from mtlbench.data import DeviceData, decode_images, resolve_dataset
@@ -106,6 +106,7 @@ def run_sweep(spec: SweepSpec, out: Path, *, filters: dict[str, set[str]] | None
         if checkpoint_dir:
             clean_temporaries(Path(checkpoint_dir))
         dev = resolve_device(spec.protocol.device)
+        check_amp(dev, spec.protocol.amp)
         table = resolve_dataset(ref.source, cache_dir=ref.cache_dir, table_options=ref.options or None)
         if executor == "sequential":
             data = DeviceData.from_table(table, ref.side, dev, cache_dir=ref.cache_dir)
