@@ -17,7 +17,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Benchmark multi-task learning (classify + regress a property) and FastCAR, through LibMTL.")
 data_app = typer.Typer(no_args_is_help=True, help="Fetch, inspect or synthesise data sets.")
 app.add_typer(data_app, name="data")
-console = Console()
+# Redirected to a file, Rich would lay tables out for 80 columns and cut the numbers; a log has room.
+console = Console(width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 140)
 err_console = Console(stderr=True)
 
 DATA_HELP = ("data set: 'default' (embedded synthetic set, no network), 'steel' (fetched with `mtlbench data "

@@ -28,9 +28,14 @@ def result_table(rows: list[dict], title: str) -> Table:
     for col, justify in (("run", "left"), ("status", "left"), ("accuracy %", "right"), ("MAPE %", "right"),
                          ("MSE", "right"), ("MAE", "right"), ("within 8 %", "right"), ("best epoch", "right"),
                          ("time s", "right")):
-        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+        # The run name must stay whole on an 80-column log: numbers wrap instead.
+        table.add_column(col, justify=justify, no_wrap=col == "run")  # type: ignore[arg-type]
     for r in rows:
         name = "FastCAR" if r["kind"] == "fastcar" else f"{r['architecture']}+{r['weighting']}/{r['decoder']}"
+        if r.get("target_scaling") not in (None, "none") and r["kind"] != "fastcar":
+            name += f" {r['target_scaling']}"   # what tells apart cells of a target_scaling / seed axis
+        if r.get("seed") not in (None, 0):
+            name += f" seed {r['seed']}"
         colour = {"ok": "green", "failed": "red", "diverged": "yellow"}.get(r["status"], "white")
         table.add_row(name, f"[{colour}]{r['status']}[/]", _fmt(r.get("best_accuracy")), _fmt(r.get("best_mape")),
                       _fmt(r.get("best_mse"), 1), _fmt(r.get("best_mae")), _fmt(r.get("best_within8"), 1),

@@ -94,3 +94,22 @@ def test_fastcar_settings_and_scaling_validation():
         FastCARSettings(gap=0)
     with pytest.raises(ConfigError, match="target_scaling"):
         RunConfig(kind="mtl", architecture="HPS", weighting="EW", decoder="decoder1", target_scaling="minmax")
+
+
+def test_result_table_tells_apart_cells_of_the_scaling_and_seed_axes():
+    from rich.console import Console
+
+    from mtlbench.ui import result_table
+
+    base = {"kind": "mtl", "architecture": "HPS", "weighting": "EW", "decoder": "decoder1", "status": "ok",
+            "best_accuracy": 82.716, "best_mape": 9.705, "best_mse": 6095.5, "best_mae": 53.1, "best_within8": 60.2,
+            "best_epoch": 3, "total_s": 216.8}
+    rows = [{**base, "target_scaling": "none", "seed": 0}, {**base, "target_scaling": "standard", "seed": 0},
+            {**base, "target_scaling": "standard", "seed": 1}]
+    console = Console(width=140, record=True)
+    console.print(result_table(rows, "t"))
+    text = console.export_text()
+    lines = [l for l in text.splitlines() if "HPS+EW/decoder1" in l]
+    assert len(lines) == 3
+    assert "standard" not in lines[0] and "standard" in lines[1] and "seed 1" in lines[2]
+    assert "82.72" in lines[0] and "216.8" in lines[0]   # numbers whole at a log's width
