@@ -26,3 +26,17 @@ def test_speed_benchmark_prints_every_case(tiny_data: Path, cache_dir: Path):
         base, fast, ratio, floor, share = (float(v) for v in row.groups())
         assert base > 0 and fast > 0 and floor > 0
         assert abs(ratio - fast / base) < 0.01 + 0.01 * ratio and abs(share - 100 * fast / floor) <= 1
+
+
+def test_floor_benchmark_prints_every_variant():
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "floor.py"), "--device", "cpu", "--img-size", "32",
+         "--batch-size", "2", "--steps", "2", "--block", "1", "--variants", "fp32,channels_last,bf16"],
+        capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = dict(re.findall(r"^(fp32|channels_last|bf16)\s+[\d.]+\s+([\d.]+)x$", proc.stdout, re.M))
+    assert set(rows) == {"fp32", "channels_last", "bf16"}, proc.stdout
+    assert rows["fp32"] == "1.00"
+    bad = subprocess.run([sys.executable, str(REPO / "benchmarks" / "floor.py"), "--variants", "fp32,fp8"],
+                         capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert bad.returncode != 0 and "fp8" in bad.stderr

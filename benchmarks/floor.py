@@ -1,0 +1,93 @@
+"""The floor under the speed options: a pure ResNet-18 forward + backward + Adam step in float32 eager, against the
+same step with channels-last, torch.compile, both, and bf16 autocast, taking turns in one process on one batch.
+
+It answers whether an option can lift mtlbench above the float32 floor on this machine (on a 2-core AVX2 CPU none
+does: see README, Performance). bf16 on a CPU without native bf16 is emulated and about 30x slower; it runs only
+with ``--variants`` naming it. Examples::
+
+    python benchmarks/floor.py                                   # CPU, 64 px, batch 32
+    python benchmarks/floor.py --device cuda --img-size 224 --variants fp32,channels_last,bf16,channels_last+bf16
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from speed import Lane, interleaved  # noqa: E402  (the same turn-taking timer as speed.py)
+
+from mtlbench.environment import cpu_has_native_bf16, device_name, resolve_device  # noqa: E402
+from mtlbench.models.mtl import Regressor  # noqa: E402
+from mtlbench.train.learners import autocast_for  # noqa: E402
+from mtlbench.train.loop import make_adam  # noqa: E402
+
+OPTIONS = ("channels_last", "compile", "bf16")
+
+
+def make_step(variant: str, x: torch.Tensor, t: torch.Tensor, device: torch.device):
+    """One training step of a fresh ResNet-18 regressor with the options ``variant`` names (``+``-joined)."""
+    opts = set() if variant == "fp32" else set(variant.split("+"))
+    unknown = opts - set(OPTIONS)
+    if unknown:
+        raise SystemExit(f"unknown variant option {sorted(unknown)[0]!r}; use fp32 or {', '.join(OPTIONS)} joined by +")
+    torch.manual_seed(0)
+    model = Regressor().to(device)
+    if "channels_last" in opts:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    opt = make_adam(list(model.parameters()), 1e-3, 0.0)
+    forward = torch.compile(model) if "compile" in opts else model
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        with autocast_for(device, "bf16" in opts):
+            out = forward(x)
+        F.mse_loss(out.float(), t).backward()
+        opt.step()
+
+    return step
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--img-size", type=int, default=None, help="default: 64 on CPU, 224 on CUDA")
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--steps", type=int, default=None, help="timed steps per variant (default: 20 CPU, 60 CUDA)")
+    ap.add_argument("--block", type=int, default=None, help="steps per turn (default: 4 CPU, 10 CUDA)")
+    ap.add_argument("--variants", default=None,
+                    help="comma-separated; default: fp32, channels_last, compile, channels_last+compile, and bf16 "
+                         "where the device has native bf16")
+    args = ap.parse_args()
+
+    device = resolve_device(args.device)
+    side = args.img_size or (224 if device.type == "cuda" else 64)
+    steps = args.steps or (60 if device.type == "cuda" else 20)
+    block = args.block or (10 if device.type == "cuda" else 4)
+    native_bf16 = device.type == "cuda" or cpu_has_native_bf16()
+    variants = (args.variants.split(",") if args.variants else
+                ["fp32", "channels_last", "compile", "channels_last+compile"] + (["bf16"] if native_bf16 else []))
+    b = args.batch_size
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(b, 3, side, side, generator=gen).to(device)
+    t = torch.randn(b, generator=gen).to(device)
+    print(f"device {device_name(device)}, {side} px, batch {b}, {steps} timed steps per variant in turns of {block}, "
+          f"torch {torch.__version__}, native bf16: {'yes' if native_bf16 else 'no'}")
+    lanes = [Lane(make_step(v, x, t, device), lambda: itertools.repeat(()), device)
+             for v in variants]
+    interleaved(lanes, steps, block, warmup=3)
+    fp32 = lanes[variants.index("fp32")].images_per_s(b) if "fp32" in variants else None
+    print(f"{'variant':24s} {'img/s':>8s} {'vs fp32':>8s}")
+    for v, lane in zip(variants, lanes):
+        rate = lane.images_per_s(b)
+        print(f"{v:24s} {rate:8.1f} {f'{rate / fp32:.2f}x' if fp32 else '-':>8s}")
+
+
+if __name__ == "__main__":
+    main()
