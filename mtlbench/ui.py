@@ -28,7 +28,7 @@ def result_table(rows: list[dict], title: str) -> Table:
     for col, justify in (("run", "left"), ("status", "left"), ("accuracy %", "right"), ("MAPE %", "right"),
                          ("MSE", "right"), ("MAE", "right"), ("within 8 %", "right"), ("best epoch", "right"),
                          ("time s", "right")):
-        # The run name must stay whole on an 80-column log: numbers wrap instead.
+        # The run name stays whole when the console is narrow; the number columns give way first.
         table.add_column(col, justify=justify, no_wrap=col == "run")  # type: ignore[arg-type]
     for r in rows:
         name = "FastCAR" if r["kind"] == "fastcar" else f"{r['architecture']}+{r['weighting']}/{r['decoder']}"
