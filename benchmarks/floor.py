@@ -20,14 +20,15 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from speed import Lane, interleaved  # noqa: E402  (the same turn-taking timer as speed.py)
+from speed import Lane, add_timing_args, interleaved, timing_settings  # noqa: E402  (speed.py's timer)
 
-from mtlbench.environment import cpu_has_native_bf16, device_name, resolve_device  # noqa: E402
+from mtlbench.environment import cpu_has_native_bf16, device_name  # noqa: E402
 from mtlbench.models.mtl import Regressor  # noqa: E402
 from mtlbench.train.learners import autocast_for  # noqa: E402
 from mtlbench.train.loop import make_adam  # noqa: E402
 
 OPTIONS = ("channels_last", "compile", "bf16")
+CPU_STEPS = 20
 
 
 def make_step(variant: str, x: torch.Tensor, t: torch.Tensor, device: torch.device):
@@ -56,20 +57,13 @@ def make_step(variant: str, x: torch.Tensor, t: torch.Tensor, device: torch.devi
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--img-size", type=int, default=None, help="default: 64 on CPU, 224 on CUDA")
-    ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--steps", type=int, default=None, help="timed steps per variant (default: 20 CPU, 60 CUDA)")
-    ap.add_argument("--block", type=int, default=None, help="steps per turn (default: 4 CPU, 10 CUDA)")
+    add_timing_args(ap, "variant", CPU_STEPS)
     ap.add_argument("--variants", default=None,
                     help="comma-separated; default: fp32, channels_last, compile, channels_last+compile, and bf16 "
                          "where the device has native bf16")
     args = ap.parse_args()
 
-    device = resolve_device(args.device)
-    side = args.img_size or (224 if device.type == "cuda" else 64)
-    steps = args.steps or (60 if device.type == "cuda" else 20)
-    block = args.block or (10 if device.type == "cuda" else 4)
+    device, side, steps, block = timing_settings(args, CPU_STEPS)
     native_bf16 = device.type == "cuda" or cpu_has_native_bf16()
     variants = (args.variants.split(",") if args.variants else
                 ["fp32", "channels_last", "compile", "channels_last+compile"] + (["bf16"] if native_bf16 else []))

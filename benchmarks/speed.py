@@ -43,6 +43,7 @@ from mtlbench.train.loop import make_adam, sync
 
 REPO = Path(__file__).resolve().parents[1]
 STEEL = REPO.parent / "shared" / "datasets" / "advanced-steel-property"
+CPU_STEPS = 24
 
 
 class PILDataset(Dataset):
@@ -140,14 +141,30 @@ def interleaved(lanes: list[Lane], steps: int, block: int, warmup: int) -> None:
         done += n
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_timing_args(ap: argparse.ArgumentParser, unit: str, cpu_steps: int) -> None:
+    """The arguments both benchmarks share: device, image side, batch, timed steps per ``unit``, steps per turn."""
     ap.add_argument("--device", default="auto")
     ap.add_argument("--img-size", type=int, default=None, help="default: 64 on CPU, 224 on CUDA")
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--steps", type=int, default=None, help="timed steps per case (default: 24 CPU, 60 CUDA)")
+    ap.add_argument("--steps", type=int, default=None,
+                    help=f"timed steps per {unit} (default: {cpu_steps} CPU, 60 CUDA)")
     ap.add_argument("--block", type=int, default=None,
-                    help="steps per turn; baseline, mtlbench and floor take turns (default: 4 CPU, 10 CUDA)")
+                    help=f"steps per turn; the {unit}s' lanes take turns (default: 4 CPU, 10 CUDA)")
+
+
+def timing_settings(args: argparse.Namespace, cpu_steps: int) -> tuple[torch.device, int, int, int]:
+    """Device, image side, timed steps and steps per turn, with the defaults of the device's kind."""
+    device = resolve_device(args.device)
+    cuda = device.type == "cuda"
+    side = args.img_size or (224 if cuda else 64)
+    steps = args.steps or (60 if cuda else cpu_steps)
+    block = args.block or (10 if cuda else 4)
+    return device, side, steps, block
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_timing_args(ap, "case", CPU_STEPS)
     ap.add_argument("--data", default=None, help="data set spec; default: the steel set if present, else default")
     ap.add_argument("--cases", default="HPS+EW,HPS+PCGrad,MTAN+EW,FastCAR")
     ap.add_argument("--workers", type=int, default=2, help="baseline DataLoader workers (LibMTL examples: 2)")
@@ -156,11 +173,8 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true", help="torch.compile mtlbench's models (warm-up compiles)")
     args = ap.parse_args()
 
-    device = resolve_device(args.device)
+    device, side, steps, block = timing_settings(args, CPU_STEPS)
     check_amp(device, args.amp)
-    side = args.img_size or (224 if device.type == "cuda" else 64)
-    steps = args.steps or (60 if device.type == "cuda" else 24)
-    block = args.block or (10 if device.type == "cuda" else 4)
     warmup = 3
     b = args.batch_size
     source = args.data or (str(STEEL) if STEEL.exists() else "default")
