@@ -89,7 +89,7 @@ def test_wrong_label_type(tmp_path, cache_dir):
     assert "target" in line
 
 
-def test_amp_on_a_cpu_without_native_bf16_is_refused(tmp_path, tiny_data, cache_dir):
+def test_amp_on_a_cpu_without_native_bf16_is_refused(tmp_path, tiny_data, cache_dir, monkeypatch):
     import torch
 
     from mtlbench.environment import check_amp, cpu_has_native_bf16
@@ -97,10 +97,12 @@ def test_amp_on_a_cpu_without_native_bf16_is_refused(tmp_path, tiny_data, cache_
 
     check_amp(torch.device("cpu"), False)
     check_amp(torch.device("cuda"), True)   # CUDA bf16 is native; only the device type matters here
-    if cpu_has_native_bf16():
-        pytest.skip("this CPU has native bf16: amp is allowed on it")
-    with pytest.raises(ConfigError, match="no native bf16"):
-        check_amp(torch.device("cpu"), True)
+    if not cpu_has_native_bf16():
+        with pytest.raises(ConfigError, match="no native bf16"):
+            check_amp(torch.device("cpu"), True)
+    # oneDNN limited to its AVX2 kernels has no bf16 on any x86-64 CPU, so the CLI's refusal is exercised on
+    # AVX-512 / AMX machines too (the subprocesses inherit the setting).
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
     line = _one_error_line(run_cli("fastcar", "--data", str(tiny_data), "--device", "cpu", "--amp", "--epochs", "1",
                                    "--img-size", "32", "--out", str(tmp_path / "r"), cache=cache_dir))
     assert "protocol.amp" in line and "--amp" in line
@@ -111,3 +113,22 @@ def test_amp_on_a_cpu_without_native_bf16_is_refused(tmp_path, tiny_data, cache_
                                    "--out", str(tmp_path / "s"), cache=cache_dir))
     assert "no native bf16" in line
     assert not (tmp_path / "s" / "runs.parquet").exists()
+
+
+def test_amp_on_a_cpu_with_native_bf16_trains_in_bf16(tmp_path, tiny_data, cache_dir):
+    """The other side of the refusal: where oneDNN has bf16 kernels (AVX512-BF16, AMX), --amp runs and is recorded."""
+    import json
+
+    import pandas as pd
+
+    from mtlbench.environment import cpu_has_native_bf16
+
+    if not cpu_has_native_bf16():
+        pytest.skip("this CPU has no native bf16: --amp is refused here (the test above)")
+    out = tmp_path / "r"
+    proc = run_cli("fastcar", "--data", str(tiny_data), "--device", "cpu", "--amp", "--epochs", "1", "--img-size",
+                   "32", "--batch-size", "8", "--max-attempts", "1", "--out", str(out), cache=cache_dir)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    runs = pd.read_parquet(out / "runs.parquet")
+    assert list(runs.status) == ["ok"]
+    assert json.loads(runs.config_json.iloc[0])["protocol"]["amp"] is True

@@ -16,7 +16,7 @@ from PIL import Image
 from mtlbench.data import ImageTable, decode_images, default_cache_dir, read_published, write_synthetic
 from mtlbench.errors import DataError
 
-REAL = Path(__file__).resolve().parents[2] / "shared/datasets/advanced-steel-property"
+from conftest import SHARED_STEEL as REAL, needs_real
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +109,7 @@ def test_default_cache_dir_honours_the_environment(monkeypatch, tmp_path: Path):
     assert default_cache_dir() == Path.home() / ".cache" / "mtlbench"
 
 
-@pytest.mark.skipif(not REAL.is_dir(), reason=f"real data set not present at {REAL}")
+@needs_real
 def test_real_tif_and_jpg_decode_to_rgb(tmp_path: Path):
     full = read_published(REAL)
     rows = full.frame.groupby("label", sort=True).head(1).reset_index(drop=True)

@@ -12,8 +12,7 @@ import pytest
 from mtlbench.data import PUBLISHED_COLUMNS, ImageTable, read_published, write_synthetic
 from mtlbench.errors import DataError
 
-REAL = Path(__file__).resolve().parents[2] / "shared/datasets/advanced-steel-property"
-needs_real = pytest.mark.skipif(not REAL.is_dir(), reason=f"real data set not present at {REAL}")
+from conftest import SHARED_STEEL as REAL, needs_real
 
 
 @needs_real

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+from dataclasses import dataclass
 import os
 import random
 import shutil
@@ -27,38 +28,58 @@ from mtlbench.train.learners import FastCARLearner, MTLLearner
 from mtlbench.train.loop import Trainer, make_adam
 
 CPU = torch.device("cpu")
-SIDE, BATCH, STEPS, CLASSES, LR = 32, 8, 3, 3, 1e-3
+SIDE, BATCH, CLASSES, LR = 32, 8, 3, 1e-3
+BATCH_SEED = 1
+# Teacher-forced steps compared per variant, and Adam steps of the free runs.
+STEPS, FREE_STEPS = 5, 3
 
-# How the tolerances are compared. Per step, every variant starts from the float32 run's parameters with the same
-# dropout masks ("teacher-forced"), so its losses and gradients measure that step's numerics alone. Run freely, the
-# trajectories part quickly on this tiny problem whatever the precision: Adam's first steps move each parameter by
-# about lr whatever its gradient's size, so rounding-level gradients still move parameters by O(lr) (after 3 free
-# steps even channels-last float32 is 5 % off in loss); the free runs are compared on their parameter updates.
+# How the tolerances are derived. Per step, every variant starts from the float32 run's parameters with the same
+# dropout masks ("teacher-forced"), so its losses and gradients measure that step's numerics alone.
 #
-# channels-last changes only the memory layout: oneDNN picks other convolution kernels, i.e. another summation order.
-# Measured: losses within 4e-6 relative, gradients within 2e-5 (relative L2). 1e-4 / 1e-3 leave a wide margin and
-# still catch a layout bug, which gives O(1) errors.
+# float32 is only defined up to its summation order, and it has two kinds of noise:
+# - continuous: another convolution algorithm (oneDNN's NCHW against ATen's own convolution, both float32 NCHW)
+#   moves the gradients by ~1e-5 (relative L2);
+# - discrete: a ReLU input within ~1e-6 of zero changes sign under the other rounding, and the whole gradient of that
+#   element is kept or dropped. At 32 px and batch 8, BatchNorm spreads one such flip (e.g. one of the 16,384 inputs of
+#   layer2.1's last ReLU) over every encoder layer: the gradient moves by 1e-3 to 2e-2. Measured, float32 NCHW against
+#   float32 NCHW (oneDNN against ATen), 40 batches x 3 steps: 5 of 120 steps at 8e-4 to 1.5e-2, the rest 3e-6 to
+#   2e-5; the same with oneDNN limited to AVX2 kernels (ONEDNN_MAX_CPU_ISA=AVX2): 6 of 75 steps, up to 1.8e-2.
+#   Channels-last shows the same two kinds at the same rates (up to 1.8e-2), never at other steps' rounding level.
+#   Which steps flip depends on the CPU's kernels: that is why a fixed per-step bound of 1e-3 failed on an AVX-512 /
+#   AMX Xeon (one step of three at 1.6e-2) and passed on AVX2 and AMD AVX-512 machines.
+#
+# So a variant's gradients are checked against the continuous noise floor measured in the same test on the same
+# machine: the median over steps (robust to a minority of steps with a flip) of its deviation is at most
+# NOISE_FACTOR x the median deviation of float32 NCHW computed by ATen's convolution instead of oneDNN's. Measured
+# ratio for channels-last: 1.1-1.8 per step without a flip (median 1.3). Every step, flips included, stays below
+# FLIP_RTOL, 5x the largest flip measured (a layout bug gives O(1) deviations, cosine ~0).
+NOISE_FACTOR = 10.0
+FLIP_RTOL = 0.1
+# Losses are not moved by a flip (the flipped value is ~1e-6): float32 sums of ~1e4 terms round to ~1e-5 relative;
+# measured 3e-6 to 4e-6 for channels-last.
 CHANNELS_LAST_LOSS_RTOL = 1e-4
-CHANNELS_LAST_GRAD_RTOL = 1e-3
 # bf16 keeps 8 significand bits (<= 0.2 % per rounding; accumulation stays float32, measured 0.4 % on one
 # convolution's weight gradient). At random initialisation the outputs are small sums of many signed terms and
 # BatchNorm over 8 samples divides by small spreads, so the relative errors grow through ResNet-18's ~20 layers:
 # measured task losses within 3.7 % (HPS+EW) and 0.06 % (FastCAR) per step, gradients 25-45 % apart in L2 with
-# cosine 0.89-0.97. The tolerances allow that with margin (and other CPUs' bf16 kernels) and still reject
-# what matters: a NaN, a loss of the wrong scale, a gradient unrelated to float32's (cosine ~ 0).
+# cosine 0.89-0.97, on AVX2 (emulated bf16) and on AVX512-BF16 (native) alike. The tolerances allow that with margin
+# and still reject what matters: a NaN, a loss of the wrong scale, a gradient unrelated to float32's (cosine ~ 0).
 BF16_LOSS_RTOL = 0.10
 BF16_GRAD_MIN_COS = 0.8
 # bf16 must change the numbers at all (autocast active on CPU): its loss deviation exceeds float32's rounding.
 BF16_MIN_LOSS_DEV = 1e-4
-# Free runs, STEPS Adam steps: ||theta_variant - theta_fp32|| / ||theta_fp32 - theta_0||. Measured 0.04 for
-# channels-last and 0.32-0.40 for bf16 (Adam turns the rounding-level gradient elements into +-lr moves);
+# Free runs, FREE_STEPS Adam steps: ||theta_variant - theta_fp32|| / ||theta_fp32 - theta_0||. Adam's first steps
+# move each parameter by about lr whatever its gradient's size, so rounding-level gradient differences still move
+# parameters by O(lr): measured 0.04 for channels-last and for ATen-against-oneDNN float32 alike, 0.32-0.40 for bf16;
 # independent updates of the same size would give ~1.4.
 CHANNELS_LAST_UPDATE_RTOL = 0.2
 BF16_UPDATE_RTOL = 0.75
 
-# torch.compile against eager, one step from the same parameters, the same dropout masks (fallback_random).
-# Measured: losses within 1.3e-5, gradients within 3e-4 (relative L2): Inductor fuses and reorders float32 sums.
-COMPILE_LOSS_ATOL = 1e-4
+# torch.compile against eager, from the same parameters, the same dropout masks (fallback_random). Inductor fuses
+# and reorders float32 sums (BatchNorm statistics among them), further from eager than another convolution
+# algorithm is: measured losses within 1.3e-5 (relative to losses of ~1), gradients within 3e-4 (relative L2) per step. The median over steps
+# must stay within COMPILE_GRAD_RTOL, every step (a ReLU flip, as above) within FLIP_RTOL.
+COMPILE_LOSS_RTOL = 1e-4
 COMPILE_GRAD_RTOL = 5e-3
 
 
@@ -77,7 +98,7 @@ def one_thread() -> Iterator[None]:
 
 
 def fixed_batch(channels_last: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    gen = torch.Generator().manual_seed(1)
+    gen = torch.Generator().manual_seed(BATCH_SEED)
     # Images that differ as real ones do (coarse structure, per-image contrast and brightness), not i.i.d. pixel
     # noise: noise images pool to nearly the same features, and BatchNorm over such a batch divides by a spread that
     # is mostly rounding.
@@ -138,15 +159,66 @@ def step(learner: Any, batch: tuple[torch.Tensor, ...], mask_seed: int) -> np.nd
     return losses.double().numpy()
 
 
-def free_run(make: Callable[..., Any], **variant: bool) -> torch.Tensor:
-    """STEPS Adam steps on the fixed batch: the final parameters."""
-    learner = make(**variant)
-    optimizer = make_adam(list(learner.module.parameters()), LR, 1e-4)
-    batch = fixed_batch(variant.get("channels_last", False))
+@dataclass(frozen=True)
+class Variant:
+    """How a variant computes the same step: memory layout, bf16 autocast, or ATen's convolution (the noise floor)."""
+
+    channels_last: bool = False
+    amp: bool = False
+    aten_conv: bool = False  # float32 NCHW through ATen's own convolution instead of oneDNN's: another algorithm
+    compile: bool = False
+
+    def make(self, make: Callable[..., Any]) -> Any:
+        return make(channels_last=self.channels_last, amp=self.amp, **({"compile": True} if self.compile else {}))
+
+    def context(self) -> contextlib.AbstractContextManager:
+        return torch.backends.mkldnn.flags(enabled=False) if self.aten_conv else contextlib.nullcontext()
+
+
+FLOAT32_ATEN = Variant(aten_conv=True)
+
+
+def teacher_forced(make: Callable[..., Any], variants: dict[str, Variant]) -> dict[str, np.ndarray]:
+    """STEPS steps of the float32 NCHW run; at each, every variant computes the same step from the float32 run's
+    parameters. Per variant, per step: (max relative task-loss deviation, relative L2 gradient deviation, gradient
+    cosine) against float32."""
+    ref = make()
+    learners = {name: v.make(make) for name, v in variants.items()}
+    optimizer = make_adam(list(ref.module.parameters()), LR, 1e-4)
+    dev: dict[str, list[tuple[float, float, float]]] = {name: [] for name in variants}
     for k in range(STEPS):
-        step(learner, batch, 100 + k)
+        seen = {}
+        for name, learner in learners.items():
+            learner.module.load_state_dict(ref.module.state_dict())
+            with variants[name].context():
+                seen[name] = step(learner, fixed_batch(variants[name].channels_last), 100 + k), flat_grads(learner.module)
+        ref_losses = step(ref, fixed_batch(False), 100 + k)
+        ref_grads = flat_grads(ref.module)
+        optimizer.step()
+        for name, (losses, grads) in seen.items():
+            dev[name].append((float(np.max(np.abs(losses - ref_losses) / np.abs(ref_losses))), rel(grads, ref_grads),
+                              float(F.cosine_similarity(grads, ref_grads, dim=0))))
+    return {name: np.array(rows) for name, rows in dev.items()}
+
+
+def free_run(make: Callable[..., Any], variant: Variant = Variant()) -> torch.Tensor:
+    """FREE_STEPS Adam steps on the fixed batch: the final parameters."""
+    learner = variant.make(make)
+    optimizer = make_adam(list(learner.module.parameters()), LR, 1e-4)
+    batch = fixed_batch(variant.channels_last)
+    for k in range(FREE_STEPS):
+        with variant.context():
+            step(learner, batch, 100 + k)
         optimizer.step()
     return flat_params(learner.module)
+
+
+def assert_tracks_float32(grad_dev: np.ndarray, floor: np.ndarray, what: str) -> None:
+    """Rounding level at the median step (against the measured floor), a ReLU flip at most at every step."""
+    assert np.median(grad_dev) <= NOISE_FACTOR * np.median(floor), (
+        f"{what}: median gradient deviation {np.median(grad_dev):.2e} > {NOISE_FACTOR:g} x float32's own noise "
+        f"floor {np.median(floor):.2e} (oneDNN against ATen convolution, the same steps)")
+    assert grad_dev.max() < FLIP_RTOL, f"{what}: a step's gradient is {grad_dev.max():.2e} off float32's"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -155,38 +227,25 @@ def free_run(make: Callable[..., Any], **variant: bool) -> torch.Tensor:
 
 @pytest.mark.parametrize("make", [mtl_learner, fastcar_learner], ids=["HPS+EW", "FastCAR"])
 def test_channels_last_and_bf16_track_float32(make):
-    variants = {"channels_last": {"channels_last": True}, "bf16": {"channels_last": True, "amp": True}}
-    ref = make()  # the float32 run: a free run too
-    learners = {name: make(**v) for name, v in variants.items()}
-    optimizer = make_adam(list(ref.module.parameters()), LR, 1e-4)
-    start = flat_params(ref.module)
-    dev: dict[str, list[tuple[float, float]]] = {name: [] for name in variants}
-    for k in range(STEPS):
-        for name, learner in learners.items():  # from the float32 run's current parameters and buffers
-            learner.module.load_state_dict(ref.module.state_dict())
-            losses = step(learner, fixed_batch(variants[name]["channels_last"]), 100 + k)
-            dev[name].append((losses, flat_grads(learner.module)))
-        ref_losses = step(ref, fixed_batch(False), 100 + k)
-        ref_grads = flat_grads(ref.module)
-        optimizer.step()
-        for name in variants:
-            losses, grads = dev[name][-1]
-            loss_dev = float(np.max(np.abs(losses - ref_losses) / np.abs(ref_losses)))
-            dev[name][-1] = (loss_dev, rel(grads, ref_grads), float(F.cosine_similarity(grads, ref_grads, dim=0)))
-    cl, bf = np.array(dev["channels_last"]), np.array(dev["bf16"])
+    variants = {"channels_last": Variant(channels_last=True), "bf16": Variant(channels_last=True, amp=True),
+                "float32_aten": FLOAT32_ATEN}
+    dev = teacher_forced(make, variants)
+    cl, bf, floor = dev["channels_last"], dev["bf16"], dev["float32_aten"]
     print(f"\n{make.__name__} per step (loss rel dev, grad rel dev, grad cos):\n channels-last {cl.round(6).tolist()}"
-          f"\n bf16 {bf.round(4).tolist()}")
+          f"\n bf16 {bf.round(4).tolist()}\n float32 ATen convolution (noise floor) {floor.round(6).tolist()}")
+    assert floor[:, 1].max() > 0, "ATen's convolution gave oneDNN's exact gradients: the noise floor measures nothing"
     assert cl[:, 0].max() < CHANNELS_LAST_LOSS_RTOL
-    assert cl[:, 1].max() < CHANNELS_LAST_GRAD_RTOL
+    assert_tracks_float32(cl[:, 1], floor[:, 1], "channels-last")
     assert np.isfinite(bf).all()
     assert bf[:, 0].max() < BF16_LOSS_RTOL
     assert bf[:, 2].min() > BF16_GRAD_MIN_COS
     assert bf[:, 0].max() > BF16_MIN_LOSS_DEV, "bf16 autocast changed nothing: is it active on CPU?"
 
-    final = flat_params(ref.module)
+    start = flat_params(make().module)
+    final = free_run(make)
     update = (final - start).norm()
-    cl_dev = float((free_run(make, channels_last=True) - final).norm() / update)
-    bf_dev = float((free_run(make, channels_last=True, amp=True) - final).norm() / update)
+    cl_dev = float((free_run(make, variants["channels_last"]) - final).norm() / update)
+    bf_dev = float((free_run(make, variants["bf16"]) - final).norm() / update)
     print(f" free runs, distance / update norm: channels-last {cl_dev:.3f}, bf16 {bf_dev:.3f}")
     assert cl_dev < CHANNELS_LAST_UPDATE_RTOL
     assert bf_dev < BF16_UPDATE_RTOL
@@ -246,20 +305,15 @@ def inductor() -> Iterator[None]:
 def test_compiled_learner_matches_eager(inductor, weighting):
     """PCGrad back-propagates each task loss through the compiled graph (retain_graph): a backward compiled with
     donated buffers would corrupt the second one, so the learner turns donation off."""
-    x, labels, targets = fixed_batch(False)
-    batch = (x[:4], labels[:4], targets[:4])
-    eager, compiled = mtl_learner(weighting), mtl_learner(weighting, compile=True)
+    make = functools.partial(mtl_learner, weighting)
+    compiled = make(compile=True)
     assert compiled.module is not compiled.forward and isinstance(compiled.module, nn.Module)
-    assert compiled.module.state_dict().keys() == eager.module.state_dict().keys()  # no "_orig_mod." prefix
-    results = []
-    for learner in (eager, compiled):
-        losses = step(learner, batch, 100)
-        results.append((losses, flat_grads(learner.module)))
-    loss_dev = float(np.max(np.abs(results[1][0] - results[0][0])))
-    grad_dev = rel(results[1][1], results[0][1])
-    print(f"\n{weighting}: compiled vs eager, loss {loss_dev:.2e} abs, gradient {grad_dev:.2e} rel")
-    assert loss_dev < COMPILE_LOSS_ATOL
-    assert grad_dev < COMPILE_GRAD_RTOL
+    assert compiled.module.state_dict().keys() == make().module.state_dict().keys()  # no "_orig_mod." prefix
+    dev = teacher_forced(make, {"compiled": Variant(compile=True)})["compiled"]
+    print(f"\n{weighting}: compiled vs eager per step (loss rel dev, grad rel dev, grad cos) {dev.round(6).tolist()}")
+    assert dev[:, 0].max() < COMPILE_LOSS_RTOL
+    assert np.median(dev[:, 1]) < COMPILE_GRAD_RTOL
+    assert dev[:, 1].max() < FLIP_RTOL
 
 
 class _TinyMTL(nn.Module):
