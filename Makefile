@@ -9,7 +9,7 @@ export MTLBENCH_CACHE ?= $(CURDIR)/.cache/mtlbench
 export MALLOC_MMAP_THRESHOLD_ ?= 4294967296
 export MALLOC_TRIM_THRESHOLD_ ?= 4294967296
 
-.PHONY: install run test bench clean
+.PHONY: install run test bench bench-weightings clean
 
 install: $(STAMP)
 
@@ -28,6 +28,9 @@ test: install
 
 bench: install
 	$(BIN)/python benchmarks/speed.py
+
+bench-weightings: install
+	$(BIN)/python benchmarks/weightings.py
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .hypothesis results/* build *.egg-info

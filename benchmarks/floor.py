@@ -17,15 +17,11 @@ import sys
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from speed import Lane, add_timing_args, interleaved, timing_settings  # noqa: E402  (speed.py's timer)
+from timing import Lane, add_timing_args, floor_step, interleaved, timing_settings  # noqa: E402  (the shared timer)
 
 from mtlbench.environment import cpu_has_native_bf16, device_name  # noqa: E402
-from mtlbench.models.mtl import Regressor  # noqa: E402
-from mtlbench.train.learners import autocast_for  # noqa: E402
-from mtlbench.train.loop import make_adam  # noqa: E402
 
 OPTIONS = ("channels_last", "compile", "bf16")
 CPU_STEPS = 20
@@ -37,22 +33,8 @@ def make_step(variant: str, x: torch.Tensor, t: torch.Tensor, device: torch.devi
     unknown = opts - set(OPTIONS)
     if unknown:
         raise SystemExit(f"unknown variant option {sorted(unknown)[0]!r}; use fp32 or {', '.join(OPTIONS)} joined by +")
-    torch.manual_seed(0)
-    model = Regressor().to(device)
-    if "channels_last" in opts:
-        model = model.to(memory_format=torch.channels_last)
-        x = x.contiguous(memory_format=torch.channels_last)
-    opt = make_adam(list(model.parameters()), 1e-3, 0.0)
-    forward = torch.compile(model) if "compile" in opts else model
-
-    def step() -> None:
-        opt.zero_grad(set_to_none=True)
-        with autocast_for(device, "bf16" in opts):
-            out = forward(x)
-        F.mse_loss(out.float(), t).backward()
-        opt.step()
-
-    return step
+    return floor_step(x, t, device, channels_last="channels_last" in opts, amp="bf16" in opts,
+                      compile="compile" in opts)
 
 
 def main() -> None:

@@ -19,7 +19,7 @@ FastCAR. Examples::
 from __future__ import annotations
 
 import argparse
-import time
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -32,17 +32,19 @@ from torchvision import transforms
 
 from mtlbench.data import DeviceData, resolve_dataset
 from mtlbench.data.device import IMAGENET_MEAN, IMAGENET_STD
-from mtlbench.environment import check_amp, device_name, resolve_device
+from mtlbench.environment import check_amp, device_name
 from mtlbench.fastcar.transform import LabelTransform
 from mtlbench.libmtl_compat import libmtl_architecture as A, libmtl_weighting as W
 from mtlbench.models.decoders import build_decoder
 from mtlbench.models.encoder import EncoderFactory
 from mtlbench.models.mtl import Regressor, build_mtl_model
-from mtlbench.train.learners import FastCARLearner, MTLLearner, autocast_for
-from mtlbench.train.loop import make_adam, sync
+from mtlbench.train.learners import FastCARLearner, MTLLearner
+from mtlbench.train.loop import make_adam
 
-REPO = Path(__file__).resolve().parents[1]
-STEEL = REPO.parent / "shared" / "datasets" / "advanced-steel-property"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from timing import (Lane, add_timing_args, data_source, floor_step, interleaved,  # noqa: E402  (the shared timer)
+                    resident_batches, timing_settings)
+
 CPU_STEPS = 24
 
 
@@ -95,73 +97,6 @@ def rss_anon() -> int:
     return 0
 
 
-class Lane:
-    """One timed training path. Lanes of a case run in alternating blocks of steps, so the baseline, mtlbench and
-    the floor see the same machine: a shared CPU's speed drifts by 20 % over minutes, more than some of the
-    differences measured. Fetching the batch is inside the timed region (it is the baseline's data pipeline)."""
-
-    def __init__(self, step, batches, device: torch.device) -> None:
-        self.step, self.batches, self.device = step, batches, device
-        self.it = iter(batches())
-        self.seconds, self.steps = 0.0, 0
-
-    def _next(self):
-        try:
-            return next(self.it)
-        except StopIteration:
-            self.it = iter(self.batches())
-            return next(self.it)
-
-    def warm_up(self, n: int) -> None:
-        for _ in range(n):
-            self.step(*self._next())
-        sync(self.device)
-
-    def run(self, n: int) -> None:
-        sync(self.device)
-        t0 = time.perf_counter()
-        for _ in range(n):
-            self.step(*self._next())
-        sync(self.device)
-        self.seconds += time.perf_counter() - t0
-        self.steps += n
-
-    def images_per_s(self, batch: int) -> float:
-        return self.steps * batch / self.seconds
-
-
-def interleaved(lanes: list[Lane], steps: int, block: int, warmup: int) -> None:
-    for lane in lanes:
-        lane.warm_up(warmup)
-    done = 0
-    while done < steps:
-        n = min(block, steps - done)
-        for lane in lanes:
-            lane.run(n)
-        done += n
-
-
-def add_timing_args(ap: argparse.ArgumentParser, unit: str, cpu_steps: int) -> None:
-    """The arguments both benchmarks share: device, image side, batch, timed steps per ``unit``, steps per turn."""
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--img-size", type=int, default=None, help="default: 64 on CPU, 224 on CUDA")
-    ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--steps", type=int, default=None,
-                    help=f"timed steps per {unit} (default: {cpu_steps} CPU, 60 CUDA)")
-    ap.add_argument("--block", type=int, default=None,
-                    help=f"steps per turn; the {unit}s' lanes take turns (default: 4 CPU, 10 CUDA)")
-
-
-def timing_settings(args: argparse.Namespace, cpu_steps: int) -> tuple[torch.device, int, int, int]:
-    """Device, image side, timed steps and steps per turn, with the defaults of the device's kind."""
-    device = resolve_device(args.device)
-    cuda = device.type == "cuda"
-    side = args.img_size or (224 if cuda else 64)
-    steps = args.steps or (60 if cuda else cpu_steps)
-    block = args.block or (10 if cuda else 4)
-    return device, side, steps, block
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_timing_args(ap, "case", CPU_STEPS)
@@ -177,8 +112,7 @@ def main() -> None:
     check_amp(device, args.amp)
     warmup = 3
     b = args.batch_size
-    source = args.data or (str(STEEL) if STEEL.exists() else "default")
-    table = resolve_dataset(source)
+    table = resolve_dataset(data_source(args.data))
     cuda_before = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
     anon_before = rss_anon()
     data = DeviceData.from_table(table, side, device)
@@ -200,26 +134,10 @@ def main() -> None:
         for x, y in loader:
             yield (x.to(device, non_blocking=True), y["cls"].to(device), y["reg"].float().to(device))
 
-    gen = torch.Generator(device=device)
-
-    def fast_batches():
-        for x, labels, targets, _ in data.batches("train", b, shuffle=True, generator=gen, drop_last=True,
-                                                   channels_last=args.channels_last):
-            yield x, labels, targets
-
-    # floor: pure ResNet-18 forward + backward + Adam on one resident batch
-    floor_model = Regressor().to(device)
-    if args.channels_last:
-        floor_model.to(memory_format=torch.channels_last)
-    opt = make_adam(list(floor_model.parameters()), 1e-3, 0.0)  # the optimiser mtlbench trains with
-    x0, l0, t0 = next(fast_batches())
-
-    def floor_step(x, labels, targets):
-        opt.zero_grad(set_to_none=True)
-        with autocast_for(device, args.amp):   # the floor at the precision the mtlbench side runs in
-            out = floor_model(x0)
-        F.mse_loss(out.float(), t0).backward()
-        opt.step()
+    fast_batches = resident_batches(data, b, device, args.channels_last)
+    x0, _, t0 = next(fast_batches())
+    # the floor at the precision and memory format the mtlbench side runs in
+    floor_fn = floor_step(x0, t0, device, channels_last=args.channels_last, amp=args.amp)
 
     print(f"{'case':14s} {'baseline img/s':>15s} {'mtlbench img/s':>15s} {'ratio':>7s} {'floor img/s':>12s} "
           f"{'of floor':>9s}")
@@ -271,7 +189,7 @@ def main() -> None:
             fast_opt.step()
 
         lanes = [Lane(base_step, baseline_batches, device), Lane(fast_step, fast_batches, device),
-                 Lane(floor_step, fast_batches, device)]
+                 Lane(floor_fn, fast_batches, device)]
         interleaved(lanes, steps, block, warmup)
         base, fast, floor = (lane.images_per_s(b) for lane in lanes)
         print(f"{case:14s} {base:15.1f} {fast:15.1f} {fast / base:6.2f}x {floor:12.1f} {fast / floor:8.0%}")

@@ -25,6 +25,10 @@ fix here and a test in ``tests/test_libmtl_compat.py``:
 10. ``CAGrad.backward``'s objective reshapes the task weights to ``(1, 3)``: it only works for three tasks.
     Fix: :class:`CAGrad`, the same method for any number of tasks (the solver stays scipy's SLSQP on the CPU,
     on the [tasks x tasks] Gram matrix only).
+11. ``_reset_grad`` writes each shared gradient as a contiguous view of the combined vector. For a channels-last
+    parameter that gradient has other strides than its parameter, and fused Adam on CUDA refuses the step ("params,
+    grads, exp_avgs, and exp_avg_sqs must have same dtype, device, and layout"): every gradient weighting failed on
+    an H200 with ``--channels-last``. Fix: the gradient is written into ``empty_like(param)`` (quirk 3's override).
 """
 
 from __future__ import annotations
@@ -114,11 +118,13 @@ class DeviceGradients:
     def _prepare_rep(self, rep: torch.Tensor, task: str, same_rep: bool | None = None) -> torch.Tensor:  # quirk 9
         return AbsArchitecture._prepare_rep(self, rep, task, same_rep=False)  # type: ignore[arg-type]
 
-    def _reset_grad(self, new_grads: torch.Tensor) -> None:  # quirk 3
+    def _reset_grad(self, new_grads: torch.Tensor) -> None:  # quirks 3 and 11
         offset = 0
         for p in self.get_share_params():
             n = p.numel()
-            p.grad = new_grads[offset:offset + n].reshape(p.shape).to(p.dtype).clone()
+            # The gradient takes the parameter's own strides (empty_like keeps channels-last): fused Adam on CUDA
+            # refuses a gradient whose layout differs from its parameter's.
+            p.grad = torch.empty_like(p).copy_(new_grads[offset:offset + n].view(p.shape))
             offset += n
 
 

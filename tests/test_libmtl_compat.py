@@ -86,6 +86,26 @@ def test_quirk3_reset_grad_works_when_grads_are_none():
         AbsWeighting._reset_grad(stock, vec)
 
 
+@pytest.mark.parametrize("name", [n for n in WEIGHTINGS.names() if n not in ("EW", "UW", "DWA", "GLS", "RLW")])
+def test_quirk11_shared_gradients_keep_the_parameters_channels_last_layout(name):
+    """Fused Adam on CUDA needs every gradient in its parameter's layout; the combined gradient a weighting writes
+    must be channels-last where the parameter is (on a CPU the step would not complain, so the strides are checked)."""
+    torch.manual_seed(0)
+    from mtlbench.models.mtl import build_mtl_model
+    from mtlbench.train.learners import MTLLearner
+
+    built = build_mtl_model("HPS", name, "decoder1", num_classes=3, img_size=32, device=DEV)
+    built.module.to(memory_format=torch.channels_last)
+    learner = MTLLearner(built.module, built.backward_kwargs, epochs=2)
+    learner.start_epoch(2, 2)   # past GradNorm's EW epoch
+    x = torch.randn(4, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    learner.train_step(x, torch.tensor([0, 1, 2, 0]), torch.randn(4))
+    conv = [(n, p) for n, p in built.module.encoder.named_parameters() if p.dim() == 4]
+    assert conv and all(p.is_contiguous(memory_format=torch.channels_last) for _, p in conv)
+    bad = [n for n, p in built.module.named_parameters() if p.grad is not None and p.grad.stride() != p.stride()]
+    assert not bad, bad[:5]
+
+
 def test_quirk4_autograd_mode_handles_unused_parameters():
     m = build(A.HPS, W.EW)
     m.encoder.extra = nn.Linear(2, 2)  # a shared parameter no loss uses
