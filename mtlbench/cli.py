@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from mtlbench.errors import ConfigError, MtlbenchError
+from mtlbench.errors import ConfigError, DataWarning, MtlbenchError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode="rich",
                   help="Benchmark multi-task learning (classify + regress a property) and FastCAR, through LibMTL.")
@@ -23,6 +25,7 @@ err_console = Console(stderr=True)
 
 DATA_HELP = ("data set: 'default' (embedded synthetic set, no network), 'steel' (fetched with `mtlbench data "
              "fetch`), a folder in the published layout, or a .csv / .xlsx / .parquet table")
+OVERLAP_HELP = "allow an image in two splits (same path or same file content); otherwise an error"
 
 
 def _cache(cache_dir: Optional[Path]) -> Optional[str]:
@@ -50,12 +53,18 @@ def data_fetch(
 @data_app.command("info")
 def data_info(
     path: str = typer.Argument(..., help=DATA_HELP),
+    batch_size: Optional[int] = typer.Option(None, min=1, help="also warn about classes with fewer training "
+                                             "images than this batch size"),
+    allow_overlap: bool = typer.Option(False, "--allow-overlap", help=OVERLAP_HELP),
     cache_dir: Optional[Path] = typer.Option(None, envvar="MTLBENCH_CACHE", help="cache folder"),
 ) -> None:
-    """Per-split, per-class image counts and target min / mean / max."""
+    """Per-split, per-class image counts, target min / mean / max, and the data checks' findings."""
     from mtlbench.data import resolve_dataset, summarize
+    from mtlbench.data.checks import check_report
 
-    table = resolve_dataset(path, cache_dir=_cache(cache_dir))
+    with warnings.catch_warnings():   # the checks' section below lists them, after the counts
+        warnings.simplefilter("ignore", DataWarning)
+        table = resolve_dataset(path, cache_dir=_cache(cache_dir), allow_overlap=allow_overlap, batch_size=batch_size)
     frame = summarize(table)
     out = Table(title=f"{table.name} ({len(table.frame)} images, {table.num_classes} classes, "
                       f"fingerprint {table.fingerprint()})")
@@ -64,6 +73,10 @@ def data_info(
     for _, row in frame.iterrows():
         out.add_row(*[f"{v:.1f}" if isinstance(v, float) else str(v) for v in row])
     console.print(out)
+    colour = {"warning": "yellow", "ok": "green", "info": "default"}
+    for level, text in check_report(table, batch_size):
+        console.print(f"[{colour[level]}]{'checks passed' if level == 'ok' else level}:[/] {escape(text)}",
+                      highlight=False, soft_wrap=True)
 
 
 @data_app.command("synth")
@@ -102,6 +115,7 @@ def fastcar(
     channels_last: bool = typer.Option(False, help="channels-last memory format"),
     compile: bool = typer.Option(False, help="torch.compile the model (CPU: needs a C++ compiler)"),
     out: Path = typer.Option(Path("results/fastcar"), help="results folder"),
+    allow_overlap: bool = typer.Option(False, "--allow-overlap", help=OVERLAP_HELP),
     cache_dir: Optional[Path] = typer.Option(None, envvar="MTLBENCH_CACHE", help="cache folder"),
 ) -> None:
     """Run FastCAR: label transformation, one-epoch test, single-task ResNet-18 regressor, inverse transform."""
@@ -123,7 +137,7 @@ def fastcar(
     if pretrained:
         from mtlbench.models.encoder import load_imagenet_state
         load_imagenet_state()   # fail now, with the clear message, not after decoding the data
-    table = resolve_dataset(data, cache_dir=_cache(cache_dir))
+    table = resolve_dataset(data, cache_dir=_cache(cache_dir), allow_overlap=allow_overlap, batch_size=batch_size)
     tensors = DeviceData.from_table(table, img_size, dev, cache_dir=_cache(cache_dir))
     console.print(f"FastCAR on [bold]{table.name}[/] ({len(table.frame)} images, {img_size} px) on {dev}")
     with store.lock():
@@ -160,6 +174,8 @@ def sweep(
                                                   "shared storage for a Ray cluster)"),
     cpus_per_cell: Optional[int] = typer.Option(None, help="CPUs a Ray task declares (default: 1 with GPUs, "
                                                 "else a whole node)"),
+    allow_overlap: bool = typer.Option(False, "--allow-overlap", help=OVERLAP_HELP + " (the spec's "
+                                       "data.allow_overlap)"),
     cache_dir: Optional[Path] = typer.Option(None, envvar="MTLBENCH_CACHE", help="cache folder"),
 ) -> None:
     """Train the grid of architectures x weightings x decoders (and FastCAR) from a spec; resumable."""
@@ -172,6 +188,10 @@ def sweep(
     s = load_spec(spec)
     if data is not None:
         s = s.with_source(data)
+    if allow_overlap:   # a data option like the spec's, so it reaches every worker that loads the data
+        from dataclasses import replace
+
+        s = replace(s, data={**s.data, "allow_overlap": True})
     filters = parse_filters(only)
     EXECUTORS.entry(executor)
     target = out or Path("results") / s.name
@@ -179,7 +199,8 @@ def sweep(
         from mtlbench.data import resolve_dataset
 
         table = resolve_dataset(str(s.data["source"]), cache_dir=_cache(cache_dir),
-                                table_options={k: v for k, v in s.data.items() if k != "source"} or None)
+                                table_options={k: v for k, v in s.data.items() if k != "source"} or None,
+                                batch_size=s.protocol.batch_size)
         if target.exists():
             cells = plan_sweep(s, ResultsStore(target), table.fingerprint(), filters=filters, force=force).cells
         else:  # nothing written yet: plan without creating the results folder
@@ -252,15 +273,27 @@ def report(
     console.print(f"report written to [bold]{result.out_dir}[/] ({len(result.files)} files; open report.html)")
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+    """Data warnings as one ``warning:`` line on the console, like the report's notes; others as Python shows them."""
+    if issubclass(category, DataWarning):
+        console.print(f"[yellow]warning:[/] {escape(str(message))}", highlight=False, soft_wrap=True)
+    else:
+        _python_showwarning(message, category, filename, lineno, file, line)
+
+
+_python_showwarning = warnings.showwarning
+
+
 def main() -> None:
     # Worker processes (local executor) inherit these: glibc then keeps freed gradient-sized blocks instead of
     # unmapping them, which halves the step time of gradient weightings on a CPU (README, Performance).
     os.environ.setdefault("MALLOC_MMAP_THRESHOLD_", str(2**32))
     os.environ.setdefault("MALLOC_TRIM_THRESHOLD_", str(2**32))
+    warnings.showwarning = _show_warning
     try:
         app()
     except MtlbenchError as exc:
-        err_console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        err_console.print(f"[red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         err_console.print("[red]interrupted[/]: finished runs are kept; run the same command to resume")

@@ -17,6 +17,11 @@ class DataError(MtlbenchError):
     """A data set, sheet, column, label or image is missing or malformed."""
 
 
+class DataWarning(UserWarning):
+    """A data set that loads and trains, but maybe not as the user meant (a duplicated row, a class smaller than
+    a batch); the CLI prints it as one ``warning:`` line."""
+
+
 class ConfigError(MtlbenchError):
     """An option, spec key or registry name is unknown or out of range."""
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Generic, Iterator, TypeVar
+from typing import Any, Callable, Generic, Iterator, Mapping, TypeVar
 
 from mtlbench.errors import ConfigError
 
@@ -19,6 +19,66 @@ class Entry(Generic[T]):
     reference: str = ""
     defaults: dict[str, Any] = field(default_factory=dict)
     summary: str = ""
+
+
+#: Keys kept in a method's defaults that describe the method rather than tune it; a spec cannot set them.
+PROPERTIES = frozenset({"rep_grad"})
+
+
+def option_defaults(entry: Entry) -> dict[str, Any]:
+    """The options a method accepts, with their defaults: its entry's defaults less :data:`PROPERTIES`."""
+    return {k: v for k, v in entry.defaults.items() if k not in PROPERTIES}
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _accepts(default: Any, value: Any) -> bool:
+    """Whether ``value`` has the type of ``default``. A float takes an int (TOML writes 2 for 2.0), never the
+    reverse; a None default (a value the method computes unless given, e.g. a tolerance) takes a number or None
+    (TOML has no null, so a spec can only give a number); a list takes a list whose items match the default's first
+    item."""
+    if isinstance(default, bool):  # before int: bool is an int subclass
+        return isinstance(value, bool)
+    if isinstance(default, int):
+        return isinstance(value, int) and not isinstance(value, bool)
+    if default is None:
+        return value is None or _number(value)
+    if isinstance(default, float):
+        return _number(value)
+    if isinstance(default, (list, tuple)):
+        return isinstance(value, (list, tuple)) and (not default or all(_accepts(default[0], v) for v in value))
+    return isinstance(value, type(default))
+
+
+def _describe(default: Any) -> str:
+    if isinstance(default, bool):
+        return "a boolean"
+    if isinstance(default, int):
+        return "an integer"
+    if isinstance(default, float) or default is None:
+        return "a number"
+    if isinstance(default, (list, tuple)):
+        return f"a list of {_describe(default[0]).split(' ', 1)[1]}s" if default else "a list"
+    return "a string" if isinstance(default, str) else f"a {type(default).__name__}"
+
+
+def check_options(entry: Entry, options: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """``options`` (overrides of ``entry``'s defaults) as a dict, once every key is one of its options and every
+    value has the type of that option's default (see :func:`_accepts`).
+
+    ``where`` names the method in the error, e.g. ``weight_args.Nash-MTL``. Raises :class:`ConfigError`.
+    """
+    allowed = option_defaults(entry)
+    for key, value in options.items():
+        if key not in allowed:
+            names = ", ".join(sorted(allowed)) or f"none ({entry.name} takes no options)"
+            raise ConfigError(f"{where}: unknown option {key!r}; allowed: {names}")
+        if not _accepts(allowed[key], value):
+            raise ConfigError(f"{where}.{key} must be {_describe(allowed[key])} (default {allowed[key]!r}), "
+                              f"got {value!r} ({type(value).__name__})")
+    return dict(options)
 
 
 class Registry(Generic[T]):

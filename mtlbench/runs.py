@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import random
-import resource
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
@@ -24,6 +23,7 @@ from mtlbench.config import FastCARSettings, RunConfig
 from mtlbench.environment import environment
 from mtlbench.errors import Diverged, MtlbenchError
 from mtlbench.fastcar.transform import LabelTransform
+from mtlbench.memory import PeakMemory
 from mtlbench.models.mtl import Regressor, build_mtl_model
 from mtlbench.records.schema import SCHEMA_VERSION
 from mtlbench.train import checkpoint
@@ -49,12 +49,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def _peak_memory_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # process peak RSS (KiB on Linux)
 
 
 def _is_oom(exc: BaseException) -> bool:
@@ -93,8 +87,7 @@ class _Run:
             "started_at": self.started,
             "schema_version": SCHEMA_VERSION, **environment(self.device)}
         self.tables: dict[str, list[dict]] = {"epochs": [], "weights": [], "predictions": [], "label_search": []}
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
+        self.memory = PeakMemory(self.device)   # this run's own peak, not the worker process's
 
     def finish(self, trainer: Trainer | None, label_search_s: float = 0.0) -> CellResult:
         if trainer is not None:
@@ -117,9 +110,13 @@ class _Run:
             self.row.update(train_s=st.train_s, epoch_mean_s=st.train_s / max(len(st.epochs), 1),
                             train_images_per_s=st.images / st.train_s if st.train_s > 0 else None,
                             params=sum(p.numel() for p in trainer.module.parameters()))
+            state = getattr(trainer.module, "architecture_state", None)
+            if callable(state):  # what an architecture learned about its own structure, e.g. LTB's tree
+                self.row["arch_state_json"] = json.dumps(state(), sort_keys=True)
+        peak_mb, method = self.memory.stop()
         self.row.update(label_search_s=label_search_s, total_s=time.perf_counter() - self.t0,
-                        checkpoint_s=self.checkpoint_s,
-                        peak_mem_mb=_peak_memory_mb(self.device), finished_at=datetime.now(timezone.utc))
+                        checkpoint_s=self.checkpoint_s, peak_mem_mb=peak_mb, peak_mem_method=method,
+                        finished_at=datetime.now(timezone.utc))
         return CellResult(self.run_id, self.row["status"], self.row.get("message"),
                           {"runs": [self.row], **self.tables})
 

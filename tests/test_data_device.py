@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from mtlbench.data import IMAGENET_MEAN, IMAGENET_STD, DeviceData, read_published, read_table, write_synthetic
+from mtlbench.errors import DataWarning
 
 
 @pytest.fixture(scope="module")
@@ -95,10 +96,13 @@ def test_imagenet_mean_image_normalises_to_zero(tmp_path: Path):
         name = f"mean{i}.png"
         Image.fromarray(np.broadcast_to(pixel, (8, 8, 3)).copy()).save(tmp_path / name)
         names.append(name)
-    pd.DataFrame({"path": names, "label": [0, 1, 0], "target": [1.0, 2.0, 3.0], "split": ["train", "valid", "test"]}).to_csv(
+    pd.DataFrame({"path": names, "label": [0, 0, 0], "target": [1.0, 2.0, 3.0], "split": ["train", "valid", "test"]}).to_csv(
         tmp_path / "t.csv", index=False
     )
-    data = DeviceData.from_table(read_table(tmp_path / "t.csv"), 8, "cpu", cache_dir=tmp_path / "cache")
+    # The same image in every split on purpose (and one class, so valid and test hold none unseen in training).
+    with pytest.warns(DataWarning, match="allowed by allow_overlap"):
+        table = read_table(tmp_path / "t.csv", allow_overlap=True)
+    data = DeviceData.from_table(table, 8, "cpu", cache_dir=tmp_path / "cache")
     x, *_ = next(data.batches("train", 8))
     assert x.shape == (1, 3, 8, 8)
     assert x.abs().max() < 0.01

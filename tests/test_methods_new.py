@@ -14,10 +14,10 @@ from scipy.optimize import minimize
 from torch import nn
 
 from mtlbench.libmtl_compat import compose, libmtl_architecture, libmtl_weighting
-from mtlbench.methods.aligned_mtl import Aligned_MTL, aligned_weights
+from mtlbench.methods.aligned_mtl import ALIGNED_MTL_DEFAULTS, Aligned_MTL, aligned_weights
 from mtlbench.methods.ltb import LTB, LTB_DEFAULTS
-from mtlbench.methods.moco import MoCo, project_simplex
-from mtlbench.methods.nash_mtl import Nash_MTL
+from mtlbench.methods.moco import MOCO_DEFAULTS, MoCo, project_simplex
+from mtlbench.methods.nash_mtl import NASH_MTL_DEFAULTS, Nash_MTL
 from mtlbench.models.encoder import EncoderFactory, ResNet18Trunk
 
 CPU = torch.device("cpu")
@@ -151,14 +151,64 @@ def test_nash_fixed_point_and_exact_solution(task_num):
         assert abs(float(direction.norm()) - np.sqrt(task_num)) < 1e-3  # ||G^T alpha||^2 = task_num
 
 
+@pytest.mark.parametrize("every", [1, 3])
+def test_nash_task_specific_gradients_plain_option(every):
+    """``task_specific_grads = "plain"``: decoders keep their unweighted task gradient (mtlbench's old convention),
+    on solving steps and on steps that reuse alpha; the shared gradient is the same either way."""
+    grads = random_jacobian(2, 20, 3)
+    shared = {}
+    for mode in ("plain", "weighted"):
+        model = probe_model(Nash_MTL, grads)
+        for _ in range(2):
+            direction, w = probe_step(model, grads, max_norm=0.0, update_weights_every=every, task_specific_grads=mode)
+        shared[mode] = direction
+        for i, t in enumerate(model.task_name):
+            want = 1.0 if mode == "plain" else w[i]
+            assert float(model.decoders[t].weight.grad) == pytest.approx(want, rel=1e-6)
+    assert torch.allclose(shared["plain"], shared["weighted"])
+    with pytest.raises(ValueError, match="task_specific_grads"):
+        probe_step(probe_model(Nash_MTL, grads), grads, task_specific_grads="both")
+
+
+def test_nash_decoder_gradient_is_alpha_times_its_task_gradient_in_a_network():
+    """HPS + Nash-MTL on a real ResNet-18 batch: each decoder's gradient equals alpha_i times the gradient of its own
+    task loss alone, to float32 rounding."""
+    from mtlbench.models.mtl import build_mtl_model
+
+    torch.manual_seed(0)
+    built = build_mtl_model("HPS", "Nash-MTL", "decoder1", num_classes=3, img_size=32, device=CPU)
+    model = built.module.train()
+    x, labels, targets = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 0]), torch.randn(4)
+
+    def losses():
+        torch.manual_seed(1)  # the same dropout masks in both passes
+        out = model(x)
+        return torch.stack([nn.functional.cross_entropy(out["cls"], labels),
+                            nn.functional.mse_loss(out["reg"].reshape(-1), targets)])
+
+    plain = {}
+    for i, task in enumerate(model.task_name):
+        model.zero_grad(set_to_none=True)
+        losses()[i].backward()
+        plain[task] = [p.grad.clone() for p in model.decoders[task].parameters()]
+    model.zero_grad(set_to_none=True)
+    model.backward(losses(), **built.backward_kwargs)
+    alpha = model._nash_alpha
+    for i, task in enumerate(model.task_name):
+        for p, g in zip(model.decoders[task].parameters(), plain[task]):
+            torch.testing.assert_close(p.grad, alpha[i] * g, rtol=1e-5, atol=1e-7)
+
+
 def test_nash_clipping_and_reused_weights():
     grads = random_jacobian(2, 20, 3)
     model = probe_model(Nash_MTL, grads)
     direction, w = probe_step(model, grads, max_norm=1.0)
     assert abs(float(direction.norm()) - 1.0) < 1e-6  # sqrt(2) clipped to 1
     assert torch.allclose(direction, torch.from_numpy(w) @ grads)  # returned weights include the clip factor
-    for t in model.task_name:  # task-specific gradients: plain, unweighted
-        assert float(model.decoders[t].weight.grad) == pytest.approx(1.0)
+    alpha = model._nash_alpha.numpy()  # before clipping
+    assert np.all(alpha > w)  # the clip factor < 1 is in w, not in alpha
+    for i, t in enumerate(model.task_name):  # task-specific gradients: alpha_i times the task's own (LibMTL main)
+        assert float(model.decoders[t].weight.grad) == pytest.approx(alpha[i], rel=1e-6)
 
     # update_weights_every=3: steps 2 and 3 reuse step 1's alpha on new gradients (one backward of sum alpha_i L_i)
     model = probe_model(Nash_MTL, grads)
@@ -168,8 +218,8 @@ def test_nash_clipping_and_reused_weights():
     d2, w2 = probe_step(model, new, **kw)
     np.testing.assert_allclose(w2, w1)
     assert torch.allclose(d2, torch.from_numpy(w1) @ new)
-    for t in model.task_name:
-        assert float(model.decoders[t].weight.grad) == pytest.approx(1.0)
+    for i, t in enumerate(model.task_name):
+        assert float(model.decoders[t].weight.grad) == pytest.approx(w1[i], rel=1e-6)
     probe_step(model, new, **kw)
     _, w4 = probe_step(model, new, **kw)  # step 4 solves again, for the new gradients
     gram = (new @ new.t()).numpy()
@@ -242,8 +292,10 @@ def test_project_simplex_against_bisection():
             assert torch.allclose(project_simplex(v), torch.clamp(v - lo, min=0), atol=1e-9)
 
 
-def moco_reference(grad_seq, loss_seq, normalize, beta=0.5, beta_sigma=0.5, gamma=0.1, gamma_sigma=0.5, rho=0.0):
-    """Fernando et al. (2023), Algorithm 1, by hand: Y_0 = 0, lambda_0 = 1/2 (2 tasks)."""
+def moco_reference(grad_seq, loss_seq, normalize, beta=0.5, beta_sigma=0.5, gamma=0.1, gamma_sigma=0.5, rho=0.0,
+                   update="projection"):
+    """Fernando et al. (2023), Algorithm 1, by hand: Y_0 = 0, lambda_0 = 1/2 (2 tasks); ``update="softmax"`` is
+    LibMTL main's lambda step instead of the projection."""
     y, lam, out = np.zeros_like(grad_seq[0]), np.array([0.5, 0.5]), []
     for k, (g, loss) in enumerate(zip(grad_seq, loss_seq), start=1):
         if normalize:
@@ -251,22 +303,24 @@ def moco_reference(grad_seq, loss_seq, normalize, beta=0.5, beta_sigma=0.5, gamm
         beta_k, gamma_k = beta / k ** beta_sigma, gamma / k ** gamma_sigma
         y = y - beta_k * (y - g)
         u = lam - gamma_k * (y @ y.T + rho * np.eye(2)) @ lam
-        # projection of a 2-vector onto the simplex: closed form
-        t = np.clip((u[0] - u[1] + 1) / 2, 0, 1)
-        lam = np.array([t, 1 - t])
+        if update == "softmax":
+            lam = np.exp(u) / np.exp(u).sum()
+        else:  # projection of a 2-vector onto the simplex: closed form
+            t = np.clip((u[0] - u[1] + 1) / 2, 0, 1)
+            lam = np.array([t, 1 - t])
         out.append((y.copy(), lam.copy(), y.T @ lam))
     return out
 
 
-@pytest.mark.parametrize("normalize", [False, True])
-def test_moco_matches_hand_computation(normalize):
+@pytest.mark.parametrize("normalize,update", [(False, "projection"), (True, "projection"), (True, "softmax")])
+def test_moco_matches_hand_computation(normalize, update):
     rng = np.random.default_rng(1)
     grad_seq = [rng.normal(size=(2, 6)) * np.array([[3.0], [0.5]]) for _ in range(3)]
     offsets = [np.array([2.0, 0.7]), np.array([1.5, 0.9]), np.array([1.2, 0.4])]
     kw = {"MoCo_beta": 0.5, "MoCo_beta_sigma": 0.5, "MoCo_gamma": 0.1, "MoCo_gamma_sigma": 0.5, "MoCo_rho": 0.1,
-          "MoCo_normalize": normalize}
+          "MoCo_normalize": normalize, "MoCo_lambda_update": update}
     model = probe_model(MoCo, torch.from_numpy(grad_seq[0]))
-    expected = moco_reference(grad_seq, offsets, normalize, rho=0.1)  # theta = 0, zero heads: losses = offsets
+    expected = moco_reference(grad_seq, offsets, normalize, rho=0.1, update=update)  # theta = 0, zero heads: losses = offsets
     for step, (g, off) in enumerate(zip(grad_seq, offsets)):
         direction, lam = probe_step(model, torch.from_numpy(g), torch.from_numpy(off), **kw)
         y_exp, lam_exp, d_exp = expected[step]
@@ -277,6 +331,21 @@ def test_moco_matches_hand_computation(normalize):
             assert float(model.decoders[t].weight.grad) == pytest.approx(1.0)
     assert model.moco_k == 3
     assert not np.allclose(expected[-1][1], [0.5, 0.5])  # lambda actually moved
+
+
+def test_moco_lambda_updates_differ_and_unknown_one_is_refused():
+    """The paper's projection reaches the simplex's boundary; LibMTL main's softmax never does."""
+    grads = torch.tensor([[10.0, 0.0], [0.0, 0.1]], dtype=torch.float64)
+    lams = {}
+    for update in ("projection", "softmax"):
+        model = probe_model(MoCo, grads)
+        for _ in range(5):
+            _, lams[update] = probe_step(model, grads, torch.tensor([1.0, 1.0], dtype=torch.float64),
+                                         MoCo_normalize=False, MoCo_gamma=1.0, MoCo_lambda_update=update)
+    assert lams["projection"].min() == 0.0 and lams["softmax"].min() > 0.0
+    with pytest.raises(ValueError, match="MoCo_lambda_update"):
+        probe_step(probe_model(MoCo, grads), grads, torch.tensor([1.0, 1.0], dtype=torch.float64),
+                   MoCo_lambda_update="sigmoid")
 
 
 def test_moco_rejects_rep_grad():
@@ -293,11 +362,7 @@ def test_moco_rejects_rep_grad():
 # the three weightings in training (HPS, tiny encoder)
 # ---------------------------------------------------------------------------------------------------------------
 
-WEIGHTINGS = {
-    Nash_MTL: {"update_weights_every": 1, "optim_niter": 20, "max_norm": 1.0},
-    MoCo: {"MoCo_beta": 0.5, "MoCo_beta_sigma": 0.5, "MoCo_gamma": 0.1, "MoCo_gamma_sigma": 0.5, "MoCo_rho": 0.0},
-    Aligned_MTL: {},
-}
+WEIGHTINGS = {Nash_MTL: NASH_MTL_DEFAULTS, MoCo: MOCO_DEFAULTS, Aligned_MTL: ALIGNED_MTL_DEFAULTS}
 
 
 @pytest.mark.parametrize("weighting", list(WEIGHTINGS), ids=lambda w: w.__name__)
@@ -367,7 +432,9 @@ def ltb_model(weighting: type = libmtl_weighting.EW, resnet18: bool = False, **k
 
 
 def test_ltb_defaults_and_size():
-    assert LTB_DEFAULTS == {"tau_init": 5.0, "tau_min": 0.1, "gumbel_hard": False}
+    # LibMTL main's training by default (hard samples, its temperature, its warm-up); the argmax tree at evaluation
+    assert LTB_DEFAULTS["gumbel_hard"] is True and LTB_DEFAULTS["tau_schedule"] == "libmtl"
+    assert LTB_DEFAULTS["warmup_fraction"] == 0.01 and LTB_DEFAULTS["eval_tree"] == "argmax"
     model = ltb_model(resnet18=True)
     resnet = sum(p.numel() for p in ResNet18Trunk().parameters())
     encoder = sum(p.numel() for p in model.encoder.parameters())
@@ -375,8 +442,9 @@ def test_ltb_defaults_and_size():
     assert sum(p.numel() for p in model.get_share_params()) == encoder
 
 
-def test_ltb_per_task_outputs_and_gradients():
-    model = ltb_model()
+@pytest.mark.parametrize("hard", [False, True], ids=["soft", "hard"])
+def test_ltb_per_task_outputs_and_gradients(hard):
+    model = ltb_model(gumbel_hard=hard)
     model.train()
     x = torch.randn(4, 3, 32, 32)
     reps = model.encoder(x)
@@ -386,8 +454,13 @@ def test_ltb_per_task_outputs_and_gradients():
     losses = task_losses(model, x, torch.tensor([0, 1, 2, 0]), torch.randn(4, 1))
     model.backward(losses)
     for name, p in model.encoder.named_parameters():
-        assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
-    assert model.encoder.alpha.grad.abs().min() > 0  # every branching logit is learned
+        # A hard sample leaves branches that no child chose out of this forward; each task's last stage is its own.
+        if not hard or name.startswith("stages.4.") or name == "alpha":
+            assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
+    grad = model.encoder.alpha.grad.abs()
+    # Soft: every branching logit is learned. Hard (straight-through): the logits of every child that the sample
+    # uses downstream, at least those of the last stage, which feeds the tasks.
+    assert (grad.min() if not hard else grad[-1].min()) > 0
 
 
 def test_ltb_eval_is_a_deterministic_tree():
@@ -415,9 +488,18 @@ def test_ltb_eval_is_a_deterministic_tree():
         assert not torch.allclose(first[0], first[1])  # different tasks read different leaves
 
 
-def test_ltb_temperature_schedule():
-    model = ltb_model(tau_init=5.0, tau_min=0.1)
-    assert model.current_tau() == 5.0  # model.epochs unset: no annealing
+def test_ltb_temperature_schedules():
+    model = ltb_model()
+    assert model.current_tau() == 5.0  # model.epochs unset: tau_init
+    model.epochs = 100
+    for epoch in (0, 3, 99):  # LibMTL main: tau(e) = (E / 20) / sqrt(e + 1), 5 -> 0.5 over 100 epochs
+        model.epoch = epoch
+        assert model.current_tau() == pytest.approx((100 / 20) / np.sqrt(epoch + 1), rel=1e-12)
+    model.train()
+    model(torch.randn(2, 3, 32, 32))
+    assert model.encoder.tau == pytest.approx(0.5)
+
+    model = ltb_model(tau_schedule="exponential", tau_init=5.0, tau_min=0.1)  # mtlbench 0.1's
     model.epochs = 10
     taus = []
     for epoch in range(10):
@@ -425,11 +507,68 @@ def test_ltb_temperature_schedule():
         taus.append(model.current_tau())
     assert taus[0] == pytest.approx(5.0) and taus[-1] == pytest.approx(0.1)
     assert all(a > b for a, b in zip(taus, taus[1:]))
-    model.train()
-    model(torch.randn(2, 3, 32, 32))
-    assert model.encoder.tau == pytest.approx(0.1)
     with pytest.raises(ValueError):
         ltb_model(tau_init=0.1, tau_min=1.0)
+    with pytest.raises(ValueError, match="tau_schedule"):
+        ltb_model(tau_schedule="linear")
+
+
+def _plain_sum_forward(model, x: torch.Tensor) -> list[torch.Tensor]:
+    stages = model.encoder.stages
+    outs = [branch(x) for branch in stages[0]]
+    for s in range(1, len(stages)):
+        total = sum(outs)
+        outs = [branch(total) for branch in stages[s]]
+    return outs
+
+
+def test_ltb_warmup_reads_the_plain_sum_of_the_previous_stage():
+    model = ltb_model()
+    model.train()
+    model.epochs, model.epoch = 300, 2  # 2 < 300 / 100: warm-up
+    assert model.in_warmup()
+    x = torch.randn(4, 3, 32, 32)
+    model.encoder.warmup = True
+    torch.manual_seed(5)
+    got = model.encoder(x)
+    torch.manual_seed(5)
+    expected = _plain_sum_forward(model, x)
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-6)
+    model.epoch = 3  # 3 >= 300 / 100: the search has begun
+    assert not model.in_warmup()
+    assert not ltb_model(warmup_fraction=0.0).in_warmup()
+
+
+def test_ltb_training_samples_are_one_hot_with_gradients_to_the_logits():
+    model = ltb_model()
+    model.train()
+    model.epochs, model.epoch = 10, 5
+    model.encoder.warmup = False
+    weights = model.encoder.branch_weights()
+    assert set(weights.detach().unique().tolist()) <= {0.0, 1.0}
+    assert torch.equal(weights.detach().sum(-1), torch.ones(4, 2))
+    (weights * torch.randn_like(weights)).sum().backward()
+    assert model.encoder.alpha.grad is not None and model.encoder.alpha.grad.abs().min() > 0
+    soft = ltb_model(gumbel_hard=False).encoder.train().branch_weights().detach()
+    assert ((soft > 0) & (soft < 1)).all()  # mtlbench 0.1's soft mixture stays reachable
+
+
+def test_ltb_eval_tree_options_and_recorded_tree():
+    model = ltb_model()
+    with torch.no_grad():
+        model.encoder.alpha.copy_(torch.randn(4, 2, 2))
+    model.eval()
+    assert torch.equal(model.encoder.branch_weights(), model.encoder.branch_weights())  # argmax: deterministic
+    state = model.architecture_state()
+    assert state["tree"] == model.encoder.alpha.argmax(-1).tolist()
+    assert state["stages"] == ["stem", "layer1", "layer2", "layer3", "layer4"]
+    sampled = ltb_model(eval_tree="sample")
+    sampled.eval()
+    draws = {tuple(sampled.encoder.branch_weights().argmax(-1).flatten().tolist()) for _ in range(20)}
+    assert len(draws) > 1  # LibMTL's: a fresh hard tree at every evaluation forward
+    with pytest.raises(ValueError, match="eval_tree"):
+        ltb_model(eval_tree="mean")
 
 
 @pytest.mark.parametrize("weighting", [libmtl_weighting.EW, libmtl_weighting.PCGrad], ids=lambda w: w.__name__)

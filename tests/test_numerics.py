@@ -48,10 +48,13 @@ STEPS, FREE_STEPS = 5, 3
 #   Which steps flip depends on the CPU's kernels: that is why a fixed per-step bound of 1e-3 failed on an AVX-512 /
 #   AMX Xeon (one step of three at 1.6e-2) and passed on AVX2 and AMD AVX-512 machines.
 #
-# So a variant's gradients are checked against the continuous noise floor measured in the same test on the same
+# So channels-last's gradients are checked against the continuous noise floor measured in the same test on the same
 # machine: the median over steps (robust to a minority of steps with a flip) of its deviation is at most
-# NOISE_FACTOR x the median deviation of float32 NCHW computed by ATen's convolution instead of oneDNN's. Measured
-# ratio for channels-last: 1.1-1.8 per step without a flip (median 1.3). Every step, flips included, stays below
+# NOISE_FACTOR x the median deviation of float32 NCHW computed by ATen's convolution instead of oneDNN's. Its
+# deviation at a step is taken against the closer of the two float32 runs, so that a flip of the reference alone
+# (both other runs then agree with each other) is not counted against it. Measured ratio of the medians: 0.36-5.4
+# over 80 runs of 5 steps (HPS+EW on 30 batches with default and with AVX2-only oneDNN kernels, FastCAR on 20),
+# 16 of whose channels-last steps had a flip; none exceeded the bound. Every step, flips included, stays below
 # FLIP_RTOL, 5x the largest flip measured (a layout bug gives O(1) deviations, cosine ~0).
 NOISE_FACTOR = 10.0
 FLIP_RTOL = 0.1
@@ -178,27 +181,37 @@ class Variant:
 FLOAT32_ATEN = Variant(aten_conv=True)
 
 
-def teacher_forced(make: Callable[..., Any], variants: dict[str, Variant]) -> dict[str, np.ndarray]:
-    """STEPS steps of the float32 NCHW run; at each, every variant computes the same step from the float32 run's
-    parameters. Per variant, per step: (max relative task-loss deviation, relative L2 gradient deviation, gradient
-    cosine) against float32."""
+Step = tuple[np.ndarray, torch.Tensor]  # (task losses, flat gradient) of one step
+
+
+def teacher_forced(make: Callable[..., Any], variants: dict[str, Variant]) -> dict[str, list[Step]]:
+    """STEPS steps of the float32 NCHW run (``"float32"``); at each, every variant computes the same step from the
+    float32 run's parameters. Per run, per step: (task losses, flat gradient)."""
     ref = make()
     learners = {name: v.make(make) for name, v in variants.items()}
     optimizer = make_adam(list(ref.module.parameters()), LR, 1e-4)
-    dev: dict[str, list[tuple[float, float, float]]] = {name: [] for name in variants}
+    steps: dict[str, list[Step]] = {name: [] for name in ("float32", *variants)}
     for k in range(STEPS):
-        seen = {}
         for name, learner in learners.items():
             learner.module.load_state_dict(ref.module.state_dict())
             with variants[name].context():
-                seen[name] = step(learner, fixed_batch(variants[name].channels_last), 100 + k), flat_grads(learner.module)
-        ref_losses = step(ref, fixed_batch(False), 100 + k)
-        ref_grads = flat_grads(ref.module)
+                losses = step(learner, fixed_batch(variants[name].channels_last), 100 + k)
+            steps[name].append((losses, flat_grads(learner.module)))
+        steps["float32"].append((step(ref, fixed_batch(False), 100 + k), flat_grads(ref.module)))
         optimizer.step()
-        for name, (losses, grads) in seen.items():
-            dev[name].append((float(np.max(np.abs(losses - ref_losses) / np.abs(ref_losses))), rel(grads, ref_grads),
-                              float(F.cosine_similarity(grads, ref_grads, dim=0))))
-    return {name: np.array(rows) for name, rows in dev.items()}
+    return steps
+
+
+def deviation(run: list[Step], *refs: list[Step]) -> np.ndarray:
+    """Per step: (max relative task-loss deviation, relative L2 gradient deviation, gradient cosine) of ``run``
+    against the closest of ``refs`` at that step (by gradient). Against two float32 references, a step where one
+    reference alone had a ReLU flip is measured against the other."""
+    rows = []
+    for k, (losses, grads) in enumerate(run):
+        best = min((ref[k] for ref in refs), key=lambda r: rel(grads, r[1]))
+        rows.append((float(np.max(np.abs(losses - best[0]) / np.abs(best[0]))), rel(grads, best[1]),
+                     float(F.cosine_similarity(grads, best[1], dim=0))))
+    return np.array(rows)
 
 
 def free_run(make: Callable[..., Any], variant: Variant = Variant()) -> torch.Tensor:
@@ -229,8 +242,11 @@ def assert_tracks_float32(grad_dev: np.ndarray, floor: np.ndarray, what: str) ->
 def test_channels_last_and_bf16_track_float32(make):
     variants = {"channels_last": Variant(channels_last=True), "bf16": Variant(channels_last=True, amp=True),
                 "float32_aten": FLOAT32_ATEN}
-    dev = teacher_forced(make, variants)
-    cl, bf, floor = dev["channels_last"], dev["bf16"], dev["float32_aten"]
+    steps = teacher_forced(make, variants)
+    floor = deviation(steps["float32_aten"], steps["float32"])
+    # against both float32 algorithms: a flip of the oneDNN reference alone does not count against channels-last
+    cl = deviation(steps["channels_last"], steps["float32"], steps["float32_aten"])
+    bf = deviation(steps["bf16"], steps["float32"])
     print(f"\n{make.__name__} per step (loss rel dev, grad rel dev, grad cos):\n channels-last {cl.round(6).tolist()}"
           f"\n bf16 {bf.round(4).tolist()}\n float32 ATen convolution (noise floor) {floor.round(6).tolist()}")
     assert floor[:, 1].max() > 0, "ATen's convolution gave oneDNN's exact gradients: the noise floor measures nothing"
@@ -309,7 +325,8 @@ def test_compiled_learner_matches_eager(inductor, weighting):
     compiled = make(compile=True)
     assert compiled.module is not compiled.forward and isinstance(compiled.module, nn.Module)
     assert compiled.module.state_dict().keys() == make().module.state_dict().keys()  # no "_orig_mod." prefix
-    dev = teacher_forced(make, {"compiled": Variant(compile=True)})["compiled"]
+    steps = teacher_forced(make, {"compiled": Variant(compile=True)})
+    dev = deviation(steps["compiled"], steps["float32"])
     print(f"\n{weighting}: compiled vs eager per step (loss rel dev, grad rel dev, grad cos) {dev.round(6).tolist()}")
     assert dev[:, 0].max() < COMPILE_LOSS_RTOL
     assert np.median(dev[:, 1]) < COMPILE_GRAD_RTOL

@@ -311,3 +311,37 @@ def test_axis_order_without_registry(tmp_path, monkeypatch):
     assert list(drawn.index) == ["MTAN", "HPS"] and list(drawn.columns) == ["UW", "EW"]
     assert np.isnan(drawn.loc["HPS", "UW"])
     assert any("not run: HPS+UW / decoder1" in m for m in res.missing)
+
+
+def _missing_heading(out_dir: Path) -> str:
+    doc = (out_dir / "report.html").read_text(encoding="utf-8")
+    start = doc.index('<h2 id="missing">')
+    return doc[start:doc.index("</h2>", start)].split(">", 1)[1]
+
+
+def test_missing_heading_counts_cells_not_lines(grid):
+    _, res = grid
+    assert len(res.missing) > 3   # the grid line, not run, failed, diverged, seeds, registry notes
+    assert _missing_heading(res.out_dir) == "Missing &amp; failed (3)"   # 1 not run, 1 failed, 1 diverged
+
+
+def test_missing_heading_is_zero_when_every_cell_ran_and_counts_a_failed_fastcar(tmp_path):
+    store = ResultsStore(tmp_path / "full")
+    for arch in ARCHS:
+        for w in WEIGHTINGS:
+            for dec in DECODERS:
+                rid = f"{arch}-{w}-{dec}".lower()
+                acc, mse, mape, secs = _values(arch, w, dec, 0)
+                store.write_cell(rid, {"runs": [_row(rid, arch=arch, weighting=w, decoder=dec, acc=acc, mse=mse,
+                                                     mape=mape, total_s=secs)]})
+    _write_fastcar(store)
+    store.consolidate()
+    res = render_report([tmp_path / "full"], tmp_path / "out", formats=("html",), metrics=("accuracy",))
+    assert any(m.startswith("grid: 12 of 12 cells run") for m in res.missing)   # a line, but no missing cell
+    assert _missing_heading(res.out_dir) == "Missing &amp; failed (0)"
+
+    store.write_cell("fastcar-2", {"runs": [_row("fastcar-2", kind="fastcar", seed=0, status="failed")]})
+    store.remove_cell("fastcar-1")
+    store.consolidate()
+    res = render_report([tmp_path / "full"], tmp_path / "out", formats=("html",), metrics=("accuracy",))
+    assert _missing_heading(res.out_dir) == "Missing &amp; failed (1)"

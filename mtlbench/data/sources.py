@@ -53,24 +53,31 @@ def resolve_dataset(
     *,
     cache_dir: str | os.PathLike | None = None,
     table_options: dict | None = None,
+    allow_overlap: bool = False,
+    batch_size: int | None = None,
 ) -> ImageTable:
     """``"default"`` (embedded synthetic set), ``"steel"`` (the fetched published set), a folder in the
-    published layout, or a .csv/.xlsx/.parquet table (read with ``read_table(**table_options)``)."""
+    published layout, or a .csv/.xlsx/.parquet table (read with ``read_table(**table_options)``).
+
+    ``allow_overlap`` (also taken from ``table_options``, where a spec's ``[data]`` puts it, for every kind of
+    source) and ``batch_size`` go to the load-time checks of :mod:`mtlbench.data.checks`."""
     text = str(spec)
+    options = dict(table_options or {})
+    checks = {"allow_overlap": options.pop("allow_overlap", False) or allow_overlap, "batch_size": batch_size}
     if text == DEFAULT_SPEC:
-        return read_published(ensure_default(cache_dir), name=DEFAULT_NAME)
+        return read_published(ensure_default(cache_dir), name=DEFAULT_NAME, **checks)
     if text == STEEL_SPEC:
         folder = datasets_dir(cache_dir) / STEEL_FOLDER
         if not folder.is_dir():
             raise DataError(f"the steel data set is not downloaded (looked in {folder}); run `mtlbench data fetch` first")
-        return read_published(folder, name=STEEL_NAME)
+        return read_published(folder, name=STEEL_NAME, **checks)
     path = Path(text).expanduser()
     if path.is_dir():
-        return read_published(path, name=path.resolve().name)
+        return read_published(path, name=path.resolve().name, **checks)
     if path.suffix.lower() in TABLE_SUFFIXES:
         if not path.exists():
             raise DataError(f"table file not found: {path}")
-        return read_table(path, **(table_options or {}))
+        return read_table(path, **options, **checks)
     if path.exists():
         raise DataError(
             f"unsupported data set file {path}: use a folder in the published layout or a {', '.join(TABLE_SUFFIXES)} table"

@@ -16,6 +16,7 @@ import pandas as pd
 
 from mtlbench.errors import DataError
 
+from .checks import check_table
 from .table import ImageTable, check_images_exist, make_frame, require_columns, resolve_paths
 
 COL_DIRECTORY = "Directory"
@@ -92,9 +93,11 @@ def read_sheet(path: Path) -> pd.DataFrame:
     return df
 
 
-def read_published(root: str | os.PathLike, name: str = "advanced-steel-property") -> ImageTable:
+def read_published(root: str | os.PathLike, name: str = "advanced-steel-property", *, allow_overlap: bool = False,
+                   batch_size: int | None = None) -> ImageTable:
     """Read a data set in the published layout with its own predefined splits
-    (trainset -> train, validset -> valid, testset -> test). Class names are the label values as text."""
+    (trainset -> train, validset -> valid, testset -> test). Class names are the label values as text.
+    The load-time checks (``allow_overlap``, ``batch_size``) are :func:`~mtlbench.data.checks.check_table`'s."""
     root = Path(root)
     if not root.exists():
         raise DataError(f"data set folder not found: {root}")
@@ -138,9 +141,12 @@ def read_published(root: str | os.PathLike, name: str = "advanced-steel-property
     labels = np.asarray([index[v] for v in raw_labels], dtype=np.int64)
     paths = resolve_paths(root, relpaths)
     check_images_exist(paths, str(root))
+    frame = make_frame(paths, relpaths, labels, targets, splits)
+    class_names = tuple(str(v) for v in unique)
     return ImageTable(
         name=name,
         root=Path(os.path.abspath(root)),
-        frame=make_frame(paths, relpaths, labels, targets, splits),
-        class_names=tuple(str(v) for v in unique),
+        frame=frame,
+        class_names=class_names,
+        warnings=check_table(frame, class_names, str(root), allow_overlap=allow_overlap, batch_size=batch_size),
     )

@@ -15,6 +15,7 @@ import pandas as pd
 
 from mtlbench.errors import DataError
 
+from .checks import check_table
 from .splits import stratified_split
 
 SPLITS = ("train", "valid", "test")
@@ -39,12 +40,14 @@ _SPLIT_ALIASES = {
 @dataclass(frozen=True, eq=False)
 class ImageTable:
     """One row per image: ``path`` (absolute), ``relpath`` (as listed), ``label`` (int64 in 0..K-1),
-    ``target`` (float64) and ``split`` (one of :data:`SPLITS`)."""
+    ``target`` (float64) and ``split`` (one of :data:`SPLITS`). ``warnings`` holds what the load-time checks
+    warned about, as ``(check, message)`` pairs (:func:`mtlbench.data.checks.check_table`)."""
 
     name: str
     root: Path
     frame: pd.DataFrame
     class_names: tuple[str, ...]
+    warnings: tuple[tuple[str, str], ...] = ()
 
     @property
     def num_classes(self) -> int:
@@ -207,13 +210,16 @@ def read_table(
     root: str | os.PathLike | None = None,
     seed: int = 0,
     name: str | None = None,
+    allow_overlap: bool = False,
+    batch_size: int | None = None,
 ) -> ImageTable:
     """Read a user's CSV, .xlsx or .parquet table of images.
 
     Relative image paths resolve against ``root`` (default: the table file's folder). Without a split
     column (absent from the file, or ``split_col=None``) a seeded class-stratified 5:1:1 split is made.
     Class values may be numbers or strings: their sorted unique values become labels 0..K-1 and their
-    text the class names. Row numbers in messages count the header as row 1.
+    text the class names. Row numbers in messages count the header as row 1. The load-time checks
+    (``allow_overlap``, ``batch_size``) are :func:`~mtlbench.data.checks.check_table`'s.
     """
     path = Path(path)
     if path.suffix.lower() not in TABLE_SUFFIXES:
@@ -288,4 +294,5 @@ def read_table(
         root=Path(os.path.abspath(base)),
         frame=frame,
         class_names=class_names,
+        warnings=check_table(frame, class_names, where, allow_overlap=allow_overlap, batch_size=batch_size),
     )

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 from mtlbench.libmtl_compat import libmtl_architecture
+from mtlbench.methods.ltb import LTB, LTB_DEFAULTS
 from mtlbench.registry import Registry
 
 ARCHITECTURES: Registry = Registry("architecture")
@@ -32,13 +33,8 @@ ARCHITECTURES.add("CGC", libmtl_architecture.CGC,
                   summary="shared + task-specific ResNet-18 experts mixed by per-task gates")
 
 
-def _ltb() -> None:
-    from mtlbench.methods.ltb import LTB, LTB_DEFAULTS
-
-    ARCHITECTURES.add("LTB", LTB,
-                      reference="Guo et al., Learning to Branch for Multi-Task Learning, ICML 2020",
-                      defaults=dict(LTB_DEFAULTS),
-                      summary="per-task ResNet-18 stages with Gumbel-softmax learned branching (written here)")
-
-
-_ltb()
+ARCHITECTURES.add("LTB", LTB,
+                  reference="Guo et al., Learning to Branch for Multi-Task Learning, ICML 2020",
+                  defaults=dict(LTB_DEFAULTS),
+                  summary="per-task ResNet-18 stages with Gumbel-softmax learned branching; trains as LibMTL main "
+                          "does, evaluates the argmax tree (written here)")

@@ -15,7 +15,9 @@ from mtlbench.libmtl_compat import AbsWeighting
 __all__ = ["MoCo", "MOCO_DEFAULTS", "project_simplex"]
 
 MOCO_DEFAULTS: dict[str, Any] = {"MoCo_beta": 0.5, "MoCo_beta_sigma": 0.5, "MoCo_gamma": 0.1,
-                                 "MoCo_gamma_sigma": 0.5, "MoCo_rho": 0.0, "MoCo_normalize": True}
+                                 "MoCo_gamma_sigma": 0.5, "MoCo_rho": 0.0, "MoCo_normalize": True,
+                                 "MoCo_lambda_update": "projection"}
+LAMBDA_UPDATES = ("projection", "softmax")
 
 
 def project_simplex(v: torch.Tensor) -> torch.Tensor:
@@ -31,6 +33,10 @@ def project_simplex(v: torch.Tensor) -> torch.Tensor:
     return torch.clamp(v - theta, min=0.0)
 
 
+def _softmax(v: torch.Tensor) -> torch.Tensor:
+    return torch.softmax(v, dim=0)
+
+
 class MoCo(AbsWeighting):
     r"""MoCo: tracked task gradients Y and simplex weights lambda updated by a projected gradient step.
 
@@ -40,7 +46,10 @@ class MoCo(AbsWeighting):
     - ``beta_k = MoCo_beta / k**MoCo_beta_sigma``, ``gamma_k = MoCo_gamma / k**MoCo_gamma_sigma``;
     - ``y_i <- y_i - beta_k (y_i - g_i)``  (Y: [task_num, grad_dim], a running estimate of the true gradients that
       removes the bias of stochastic gradients in the MGDA sub-problem);
-    - ``lambda <- Proj_simplex(lambda - gamma_k (Y Y^T + MoCo_rho I) lambda)``  (with the updated Y);
+    - ``lambda <- Proj_simplex(lambda - gamma_k (Y Y^T + MoCo_rho I) lambda)``  (with the updated Y): the paper's
+      projected gradient step, the default. LibMTL main takes ``softmax(...)`` of the same vector instead, which
+      is not a projection (it never reaches the simplex's boundary and shifts every weight); it is available as
+      ``MoCo_lambda_update = "softmax"``. Where LibMTL contradicts the method's paper, mtlbench follows the paper.
     - shared-parameter gradient ``Y^T lambda`` (with the updated Y and lambda).
 
     Initial state: Y = 0, lambda = 1/task_num (the paper's algorithm leaves Y_0 free). The state (k, Y, lambda) lives
@@ -53,7 +62,9 @@ class MoCo(AbsWeighting):
         MoCo_rho (0.0): l2 regularisation of lambda (rho I in the weight update).
         MoCo_normalize (True): before tracking, rescale each g_i to norm = loss_i (``g_i * loss_i / ||g_i||``), the
             gradient normalisation commonly used with MoCo in practice. It keeps the lambda update scale-free of the
-            raw gradient magnitude (Y Y^T then scales with the losses); not part of Algorithm 1.
+            raw gradient magnitude (Y Y^T then scales with the losses); not part of Algorithm 1. LibMTL main does
+            the same.
+        MoCo_lambda_update ("projection"): ``projection`` (Algorithm 1) or ``softmax`` (LibMTL main).
 
     Returns lambda (a detached tensor of length task_num on the gradients' device: no host sync). Note the shared
     gradient is ``Y^T lambda``, not ``sum_i lambda_i g_i``.
@@ -74,6 +85,8 @@ class MoCo(AbsWeighting):
         ``losses`` (detached values) are needed when ``MoCo_normalize`` is on.
         """
         opts = {**MOCO_DEFAULTS, **kwargs}
+        if opts["MoCo_lambda_update"] not in LAMBDA_UPDATES:
+            raise ValueError(f"MoCo_lambda_update must be one of {LAMBDA_UPDATES}, got {opts['MoCo_lambda_update']!r}")
         if not hasattr(self, "moco_k"):
             self.init_param()
         if opts["MoCo_normalize"]:
@@ -93,7 +106,8 @@ class MoCo(AbsWeighting):
         self.moco_y = self.moco_y - beta_k * (self.moco_y - grads)
         lam = self.moco_lambda
         step = self.moco_y @ (self.moco_y.t() @ lam) + opts["MoCo_rho"] * lam  # (Y Y^T + rho I) lambda
-        self.moco_lambda = project_simplex(lam - gamma_k * step)
+        update = project_simplex if opts["MoCo_lambda_update"] == "projection" else _softmax
+        self.moco_lambda = update(lam - gamma_k * step)
         return self.moco_y.t() @ self.moco_lambda
 
     def backward(self, losses: torch.Tensor, **kwargs: Any) -> torch.Tensor:

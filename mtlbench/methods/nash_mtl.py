@@ -14,7 +14,9 @@ from mtlbench.libmtl_compat import AbsWeighting
 
 __all__ = ["Nash_MTL", "NASH_MTL_DEFAULTS", "nash_ccp_solve"]
 
-NASH_MTL_DEFAULTS: dict[str, Any] = {"update_weights_every": 1, "optim_niter": 20, "max_norm": 1.0}
+NASH_MTL_DEFAULTS: dict[str, Any] = {"update_weights_every": 1, "optim_niter": 20, "max_norm": 1.0,
+                                     "task_specific_grads": "weighted"}
+TASK_SPECIFIC_GRADS = ("weighted", "plain")
 
 # Stop the sequence of convex problems once every task satisfies alpha_i (M alpha)_i = 1 to this relative accuracy
 # (scale-free form of G G^T alpha = 1/alpha), or once the iterate stops moving.
@@ -96,8 +98,9 @@ class Nash_MTL(AbsWeighting):
 
     G is the [task_num, grad_dim] matrix of the task gradients of the shared parameters. The equation is solved by
     the paper's sequence of convex approximations (cvxpy, Clarabel): see :class:`_CCPProblem`. The shared gradient
-    is ``sum_i alpha_i g_i``; task-specific parameters keep their plain (unweighted) task gradients, LibMTL's
-    convention for gradient-based weightings.
+    is ``sum_i alpha_i g_i``. Task-specific parameters (decoders, per-task modules) get ``alpha_i`` times their task
+    gradient by default: LibMTL main (and the paper's code) back-propagate ``sum_i alpha_i L_i``, so the paper's
+    runs trained the decoders so; ``task_specific_grads = "plain"`` keeps them unweighted (mtlbench before 0.2).
 
     Numerical scale: the solver works on ``M~ = G G^T / s`` with ``s = ||G G^T||_F`` so its unknowns are O(1)
     whatever the gradients' magnitude. Its solution ``a`` satisfies ``M~ a = 1 / a``; the returned/applied weights
@@ -114,6 +117,8 @@ class Nash_MTL(AbsWeighting):
         max_norm (float, 1.0): if > 0, the L2 norm of the combined shared-parameter gradient
             ``sum_i alpha_i g_i`` (all shared parameters together) is clipped to ``max_norm``; task-specific
             gradients are not clipped. The returned weights include the clipping factor.
+        task_specific_grads (str, "weighted"): ``weighted`` (LibMTL main: ``alpha_i`` times task i's gradient, alpha
+            before clipping) or ``plain`` (each task's own gradient, unweighted).
 
     State across steps: the step counter, the last normalised solution (warm start) and the last alpha. When G G^T
     is singular (e.g. a zero or two collinear task gradients) no exact solution exists: the last valid iterate
@@ -153,13 +158,21 @@ class Nash_MTL(AbsWeighting):
     def backward(self, losses: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         opts = {**NASH_MTL_DEFAULTS, **kwargs}
         every, niter, max_norm = int(opts["update_weights_every"]), int(opts["optim_niter"]), float(opts["max_norm"])
+        if opts["task_specific_grads"] not in TASK_SPECIFIC_GRADS:
+            raise ValueError(f"Nash-MTL task_specific_grads must be one of {TASK_SPECIFIC_GRADS}, "
+                             f"got {opts['task_specific_grads']!r}")
+        weighted = opts["task_specific_grads"] == "weighted"
         if not hasattr(self, "_nash_step"):
             self.init_param()
         update = self._nash_alpha is None or self._nash_step % every == 0
         self._nash_step += 1
 
         if update or self.rep_grad:
-            grads = self._get_grads(losses, mode="backward")
+            # Weighted task-specific gradients need alpha first: per-task gradients of the shared parameters only
+            # ("autograd" leaves every other .grad alone), then one backward of sum_i alpha_i L_i through the
+            # task-specific parameters alone, which does not reach back into a shared trunk that precedes them.
+            mode = "autograd" if weighted and not self.rep_grad else "backward"
+            grads = self._get_grads(losses, mode=mode)
             per_grads = None
             if self.rep_grad:
                 per_grads, grads = grads[0], grads[1]
@@ -170,6 +183,12 @@ class Nash_MTL(AbsWeighting):
                 self._backward_new_grads(alpha, per_grads=per_grads)
             else:
                 self._backward_new_grads(alpha, grads=grads)
+                if weighted:
+                    self._weighted_task_specific_backward(alpha, losses)
+        elif weighted:
+            # Reuse alpha: one backward of sum_i alpha_i L_i gives every parameter its gradient at once.
+            alpha = self._nash_alpha
+            (alpha * losses).sum().backward()
         else:
             # Reuse alpha: the shared gradient sum_i alpha_i g_i comes from one backward of the weighted loss, the
             # task-specific gradients (unweighted, as on update steps) from a backward of the plain sum.
@@ -186,3 +205,11 @@ class Nash_MTL(AbsWeighting):
             total = torch.nn.utils.clip_grad_norm_(list(self.get_share_params()), max_norm)
             weights = alpha * torch.clamp(max_norm / (total + 1e-6), max=1.0)
         return weights.detach().clone()  # a copy: without clipping, weights is the state alpha itself
+
+    def _weighted_task_specific_backward(self, alpha: torch.Tensor, losses: torch.Tensor) -> None:
+        shared = {id(p) for p in self.get_share_params()}
+        params = [p for p in self.parameters() if p.requires_grad and id(p) not in shared]
+        grads = torch.autograd.grad((alpha.to(losses.dtype) * losses).sum(), params, allow_unused=True)
+        for p, g in zip(params, grads):
+            if g is not None:
+                p.grad = g if p.grad is None else p.grad + g

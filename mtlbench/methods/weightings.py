@@ -4,9 +4,9 @@ their papers and the one table of default hyper-parameters (LibMTL's customary d
 from __future__ import annotations
 
 from mtlbench.libmtl_compat import CAGrad, libmtl_weighting
-from mtlbench.methods.aligned_mtl import Aligned_MTL
-from mtlbench.methods.moco import MoCo
-from mtlbench.methods.nash_mtl import Nash_MTL
+from mtlbench.methods.aligned_mtl import ALIGNED_MTL_DEFAULTS, Aligned_MTL
+from mtlbench.methods.moco import MOCO_DEFAULTS, MoCo
+from mtlbench.methods.nash_mtl import NASH_MTL_DEFAULTS, Nash_MTL
 from mtlbench.registry import Registry
 
 WEIGHTINGS: Registry = Registry("weighting")
@@ -14,6 +14,8 @@ W = libmtl_weighting
 
 # defaults: keyword arguments passed to ``backward``; the key ``rep_grad`` (not passed) says whether the weighting
 # works on representation gradients (LibMTL's GradDrop requires it; all others use shared-parameter gradients).
+# Every option a method reads must be here: specs are checked against these keys and types, and runs record them.
+# The methods written here keep their table in their own file.
 WEIGHTINGS.add("EW", W.EW, reference="equal weighting (uniform sum of task losses)", summary="sum of losses")
 WEIGHTINGS.add("GradNorm", W.GradNorm, defaults={"alpha": 1.5},
                reference="Chen et al., GradNorm, ICML 2018", summary="balances gradient norms by training rates")
@@ -40,17 +42,16 @@ WEIGHTINGS.add("IMTL", W.IMTL, reference="Liu et al., Towards Impartial Multi-ta
 WEIGHTINGS.add("CAGrad", CAGrad, defaults={"calpha": 0.5, "rescale": 1},
                reference="Liu et al., Conflict-Averse Gradient Descent for Multi-task Learning, NeurIPS 2021",
                summary="maximises the worst local improvement near the average gradient")
-WEIGHTINGS.add("Nash-MTL", Nash_MTL, defaults={"update_weights_every": 1, "optim_niter": 20, "max_norm": 1.0},
+WEIGHTINGS.add("Nash-MTL", Nash_MTL, defaults=NASH_MTL_DEFAULTS,
                reference="Navon et al., Multi-Task Learning as a Bargaining Game, ICML 2022",
                summary="Nash bargaining solution of the task gradients (written here)")
 WEIGHTINGS.add("RLW", W.RLW, defaults={"dist": "Normal"},
                reference="Lin et al., Reasonable Effectiveness of Random Weighting, TMLR 2022 (arXiv:2111.10603)",
                summary="random loss weights, softmax of a standard normal draw")
-WEIGHTINGS.add("MoCo", MoCo, defaults={"MoCo_beta": 0.5, "MoCo_beta_sigma": 0.5, "MoCo_gamma": 0.1,
-                                       "MoCo_gamma_sigma": 0.5, "MoCo_rho": 0.0},
+WEIGHTINGS.add("MoCo", MoCo, defaults=MOCO_DEFAULTS,
                reference="Fernando et al., Mitigating Gradient Bias in Multi-objective Learning, ICLR 2023",
                summary="tracked (momentum) gradients and projected weight updates (written here)")
-WEIGHTINGS.add("Aligned-MTL", Aligned_MTL,
+WEIGHTINGS.add("Aligned-MTL", Aligned_MTL, defaults=ALIGNED_MTL_DEFAULTS,
                reference="Senushkin et al., Independent Component Alignment for Multi-Task Learning, CVPR 2023",
                summary="aligns task gradients' principal components (written here)")
 

@@ -15,6 +15,8 @@ from __future__ import annotations
 import pyarrow as pa
 
 SCHEMA_VERSION = 2   # 2: resumed_from_epoch, checkpoint_s, executor in runs
+# A nullable column added since (peak_mem_method) keeps the version: fragments are read with this schema, and a
+# column a fragment lacks reads as null, so folders written before it stay readable and resumable.
 
 STATUSES = ("ok", "failed", "diverged")
 METRICS = ("accuracy", "mse", "rmse", "mae", "mape", "within8")
@@ -46,6 +48,9 @@ RUNS = pa.schema([
     pa.field("n_test", pa.int64()),
     pa.field("config_json", pa.string()),
     pa.field("hparams_json", pa.string()),                    # the method defaults actually used
+    # The architecture's own final structure, at the last epoch, for architectures that learn one (null otherwise):
+    # LTB {"tree": [[parent of each branch] per stage 1..4], "stages": [...]}.
+    pa.field("arch_state_json", pa.string()),
     pa.field("best_epoch", pa.int64()),
     *_metric_fields,
     pa.field("best_confusion_json", pa.string()),
@@ -58,7 +63,14 @@ RUNS = pa.schema([
     pa.field("latency_b1_ms", pa.float64()),
     pa.field("latency_batch_ms", pa.float64()),
     pa.field("params", pa.int64()),
+    # This run's own peak, MiB. peak_mem_method says how it was measured (mtlbench.memory):
+    #   cuda_max_allocated: torch.cuda.max_memory_allocated, reset at the run's start (tensors only, no cache);
+    #   cpu_rss_sampled: peak of the process's anonymous resident memory (file-backed pages such as the
+    #     memory-mapped image cache left out), sampled every 10 ms, above its value at the run's start;
+    #   cpu_maxrss_process: no /proc, so the process's lifetime peak RSS (includes earlier runs in the process).
+    # Rows written before peak_mem_method existed read it as null: a CPU figure there is the lifetime peak.
     pa.field("peak_mem_mb", pa.float64()),
+    pa.field("peak_mem_method", pa.string()),
     pa.field("concurrency", pa.int64()),                      # cells running at once on the same device
     pa.field("executor", pa.string()),                        # sequential | local | ray
     pa.field("resumed_from_epoch", pa.int64()),               # continued from a mid-run checkpoint of this epoch
@@ -133,6 +145,8 @@ def to_arrow(name: str, rows: list[dict]) -> pa.Table:
         extra = set(row) - known
         if extra:
             raise KeyError(f"table {name!r} has no column(s) {sorted(extra)}")
+        if name == "runs" and row.get("status") not in STATUSES:
+            raise ValueError(f"runs row {row.get('run_id')!r}: status {row.get('status')!r} is not one of {STATUSES}")
     columns = {f.name: [row.get(f.name) for row in rows] for f in schema}
     return pa.Table.from_pydict(columns, schema=schema)
 

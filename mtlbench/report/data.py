@@ -293,6 +293,24 @@ def _listing(items: list[str], limit: int = 25) -> str:
     return shown + (f"; ... and {len(items) - limit} more" if len(items) > limit else "")
 
 
+def _not_run(cells: pd.DataFrame, axes: Axes) -> list[tuple[str, str, str, str]]:
+    present = set(zip(*(cells[k] for k in CELL_KEY)))
+    return [c for c in axes.expected if c not in present]
+
+
+def coverage_counts(cells: pd.DataFrame, axes: Axes, fastcar: dict[str, Any] | None) -> dict[str, int]:
+    """Cells ``not run``, ``failed`` and ``diverged``: grid cells by their status over seeds (as in the ``grid:``
+    line), and FastCAR as one cell when it ran and no run of it finished ok. Notes are not counted."""
+    counts = {"not run": 0, "failed": 0, "diverged": 0}
+    if not cells.empty:
+        counts["not run"] = len(_not_run(cells, axes))
+        for status in ("failed", "diverged"):
+            counts[status] = int((cells["status"] == status).sum())
+    if fastcar is not None and fastcar["status"] in counts:
+        counts[fastcar["status"]] += 1
+    return counts
+
+
 def find_missing(results: Results, cells: pd.DataFrame, axes: Axes) -> list[str]:
     """Human-readable messages: grid coverage, cells not run, failed / diverged runs, incomplete seeds, FastCAR."""
     msgs: list[str] = list(results.notes)
@@ -317,9 +335,8 @@ def find_missing(results: Results, cells: pd.DataFrame, axes: Axes) -> list[str]
                     f"the summary are skipped")
         return msgs
 
-    present = set(zip(*(cells[k] for k in CELL_KEY)))
     expected = axes.expected
-    not_run = [c for c in expected if c not in present]
+    not_run = _not_run(cells, axes)
     n_failed = int((cells["status"] == "failed").sum())
     n_div = int((cells["status"] == "diverged").sum())
     def n(count: int, word: str) -> str:

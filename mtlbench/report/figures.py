@@ -288,3 +288,44 @@ def learning_curves(curves: list[tuple[str, pd.DataFrame, bool]]) -> Figure:
         fig.suptitle("Learning curves: FastCAR and the 3 most accurate cells (mean over seeds)", x=0.01, ha="left",
                      fontweight="bold")
     return fig
+
+
+def branching_trees(trees: list[tuple[str, list[list[int]], list[str]]], tasks: list[str]) -> Figure:
+    """LTB's learned trees, one panel per run: ``trees`` holds (label, tree, stage names), ``tree[l - 1][j]`` the
+    parent (stage l - 1) of branch j at stage l. A branch that no used path reaches is drawn hollow."""
+    n = len(trees)
+    cols = min(n, 4)
+    rows = -(-n // cols)
+    with matplotlib.rc_context(RC):
+        fig = new_figure(3.6 * cols, 2.2 * rows + 0.4)
+        axs = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
+        for ax, (label, tree, stages) in zip(axs, trees):
+            width = len(tree[0]) if tree else len(tasks)
+            used = [set(range(width))]   # walk back from the tasks: the last stage's branches are all used
+            for parents in reversed(tree):
+                used.insert(0, {parents[j] for j in used[0]})
+            for s, branches in enumerate(used):
+                for b in range(width):
+                    ax.plot(s, b, "o", markersize=9, color="#1f77b4",
+                            markerfacecolor="#1f77b4" if b in branches else "white")
+                if s > 0:
+                    for j in range(width):
+                        p = tree[s - 1][j]
+                        on = j in used[s]
+                        ax.plot([s - 1, s], [p, j], color="#1f77b4" if on else "#bbbbbb",
+                                linewidth=2 if on else 1, linestyle="-" if on else ":")
+            for j, task in enumerate(tasks[:width]):
+                ax.annotate(task, (len(used) - 1, j), xytext=(8, 0), textcoords="offset points", va="center")
+            ax.set_xticks(range(len(stages)), stages, fontsize=7.5)
+            ax.set_yticks(range(width), [f"branch {b}" for b in range(width)], fontsize=7.5)
+            ax.set_xlim(-0.4, len(stages) - 0.2)
+            ax.set_ylim(-0.6, width - 0.4)
+            ax.invert_yaxis()
+            ax.set_title(label, loc="left", fontsize=9)
+            for side in ("top", "right"):
+                ax.spines[side].set_visible(False)
+        for ax in axs[n:]:
+            ax.set_axis_off()
+        fig.suptitle("LTB: the branching tree each run ended with (argmax parents)", x=0.01, ha="left",
+                     fontweight="bold")
+    return fig

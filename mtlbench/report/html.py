@@ -137,9 +137,10 @@ def figure_html(block: FigureBlock) -> str:
 
 
 def page(*, title: str, folders: list[str], headline: list[str], summary_tables: list[tuple[str, pd.DataFrame]],
-         summary_note: str, missing: list[str], figures: list[FigureBlock], cells: pd.DataFrame | None,
-         cell_fmt: dict[str, str], fastcar_table: pd.DataFrame | None, config: tuple[str, str],
-         protocol: list[tuple[str, str]], environment: list[tuple[str, str]], skipped: list[str]) -> str:
+         summary_note: str, missing: list[str], missing_cells: int, figures: list[FigureBlock],
+         cells: pd.DataFrame | None, cell_fmt: dict[str, str], fastcar_table: pd.DataFrame | None,
+         config: tuple[str, str], protocol: list[tuple[str, str]], environment: list[tuple[str, str]],
+         skipped: list[str]) -> str:
     now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     parts = [f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
              f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
@@ -162,7 +163,8 @@ def page(*, title: str, folders: list[str], headline: list[str], summary_tables:
     parts.append(f"<p class=\"sub\">{esc(summary_note)}</p>")
     if fastcar_table is not None and not fastcar_table.empty:
         parts.append("<h3>FastCAR runs</h3>" + table_html(fastcar_table, text_cols=("run_id", "status", "message")))
-    parts.append(f'<h2 id="missing">Missing &amp; failed ({len(missing)})</h2>')
+    # Counts cells (not run, failed, diverged), not the lines below: those also hold the grid summary and notes.
+    parts.append(f'<h2 id="missing">Missing &amp; failed ({missing_cells})</h2>')
     if missing:
         parts.append('<ul class="msgs">' + "".join(f"<li>{esc(m)}</li>" for m in missing) + "</ul>")
     else:

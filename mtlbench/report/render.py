@@ -15,8 +15,8 @@ from mtlbench.errors import ConfigError, MtlbenchError
 from mtlbench.report import figures as F
 from mtlbench.report import html as H
 from mtlbench.report.data import (CELL_KEY, ENV_FIELDS, METRIC_SPECS, PROTOCOL_FIELDS, Axes, MetricSpec,
-                                  aggregate_cells, aggregate_fastcar, axes_of, example_config, find_missing,
-                                  load_results, metric_specs, value_counts)
+                                  aggregate_cells, aggregate_fastcar, axes_of, coverage_counts, example_config,
+                                  find_missing, load_results, metric_specs, value_counts)
 from mtlbench.report.tables import best_cell, build_summary, cells_table, summary_markdown, summary_wide
 
 FORMATS = ("png", "svg", "md", "csv", "html")
@@ -25,7 +25,7 @@ HeatmapKey = tuple[str, str, str]   # (metric, decoder, target_scaling)
 
 # Files this module writes; a re-render removes its own stale ones (never anything else in the folder).
 _OWN = re.compile(r"^(heatmap_.+\.(png|svg|csv)|(scatter_accuracy_mape|fastcar_predictions|fastcar_confusion|"
-                  r"learning_curves)\.(png|svg)|summary\.(md|csv)|cells\.csv|report\.html)$")
+                  r"learning_curves|ltb_trees)\.(png|svg)|summary\.(md|csv)|cells\.csv|report\.html)$")
 
 
 @dataclass
@@ -243,6 +243,9 @@ def render_report(results: list[Path] | Path | str, out: Path | str | None = Non
         else:
             skipped.append("Learning curves skipped: the epochs table has no rows for FastCAR or the best cells.")
 
+    if draw:
+        _ltb_trees(data, several_scalings, emit, skipped)
+
     # -- summary and tables ----------------------------------------------------------------------------------------
     summary = build_summary(cells, fastcar, specs, axes)
     title = "mtlbench report: MTL grid vs FastCAR"
@@ -266,6 +269,26 @@ def render_report(results: list[Path] | Path | str, out: Path | str | None = Non
         files.append(path)
     return ReportResult(out_dir=out_dir, files=files, summary=summary, missing=missing, heatmaps=heatmaps,
                         color_limits=limits, cells=cells, fastcar=fastcar, skipped=skipped)
+
+
+def _ltb_trees(data: Any, several_scalings: bool, emit: Any, skipped: list[str]) -> None:
+    """One panel per LTB run that recorded its final tree (``runs.arch_state_json``)."""
+    ltb = data.mtl[(data.mtl["architecture"] == "LTB") & (data.mtl["status"] == "ok")]
+    if ltb.empty:
+        return
+    if "arch_state_json" not in ltb or ltb["arch_state_json"].isna().all():
+        skipped.append("LTB trees skipped: these runs recorded no tree (written before mtlbench recorded it).")
+        return
+    trees = []
+    for _, r in ltb[ltb["arch_state_json"].notna()].sort_values(["decoder", "weighting", "seed"]).iterrows():
+        state = json.loads(r["arch_state_json"])
+        label = (f"{r['weighting']} / {r['decoder']}" + (f" / {r['target_scaling']}" if several_scalings else "")
+                 + f" / seed {r['seed']}")
+        trees.append((label, state["tree"], state["stages"]))
+    emit(F.branching_trees(trees, ["cls", "reg"]), "ltb_trees", "LTB: learned branching trees",
+         "Each LTB run's tree at its last epoch: branch j of a stage reads the branch of the stage before that "
+         "its logits rank first (evaluation uses this argmax tree). Task i reads the last stage's branch i; "
+         "hollow nodes and dotted edges lie on no task's path.")
 
 
 def all_specs_for_table(specs: list[MetricSpec]) -> list[MetricSpec]:
@@ -313,6 +336,7 @@ def _html(title: str, data: Any, axes: Axes, summary: pd.DataFrame, cells: pd.Da
             pass
     environment = value_counts(runs, ENV_FIELDS)
     return H.page(title=title, folders=[str(f) for f in data.folders], headline=headline, summary_tables=tables,
-                  summary_note=note, missing=missing, figures=blocks, cells=per_cell, cell_fmt=cell_fmt,
+                  summary_note=note, missing=missing, missing_cells=sum(coverage_counts(cells, axes, fastcar).values()),
+                  figures=blocks, cells=per_cell, cell_fmt=cell_fmt,
                   fastcar_table=fc_table, config=(run_id, cfg), protocol=protocol, environment=environment,
                   skipped=skipped)

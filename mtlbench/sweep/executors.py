@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import multiprocessing as mp
+import warnings
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any, Callable, Protocol as TypingProtocol
 import torch
 
 from mtlbench.config import RunConfig
-from mtlbench.errors import ConfigError
+from mtlbench.errors import ConfigError, DataWarning
 from mtlbench.registry import Registry
 from mtlbench.runs import CellResult, run_cell
 from mtlbench.train.loop import ProgressFn
@@ -61,7 +62,9 @@ EXECUTORS: Registry = Registry("executor")
 def load_data(ref: DataRef, device: torch.device) -> tuple[Any, Any]:
     from mtlbench.data import DeviceData, resolve_dataset
 
-    table = resolve_dataset(ref.source, cache_dir=ref.cache_dir, table_options=ref.options or None)
+    with warnings.catch_warnings():   # the driver loaded the same data and showed its warnings once
+        warnings.simplefilter("ignore", DataWarning)
+        table = resolve_dataset(ref.source, cache_dir=ref.cache_dir, table_options=ref.options or None)
     return table, DeviceData.from_table(table, ref.side, device, cache_dir=ref.cache_dir)
 
 

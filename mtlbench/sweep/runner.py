@@ -107,7 +107,8 @@ def run_sweep(spec: SweepSpec, out: Path, *, filters: dict[str, set[str]] | None
             clean_temporaries(Path(checkpoint_dir))
         dev = resolve_device(spec.protocol.device)
         check_amp(dev, spec.protocol.amp)
-        table = resolve_dataset(ref.source, cache_dir=ref.cache_dir, table_options=ref.options or None)
+        table = resolve_dataset(ref.source, cache_dir=ref.cache_dir, table_options=ref.options or None,
+                                batch_size=spec.protocol.batch_size)   # where the data meets the protocol
         if executor == "sequential":
             data = DeviceData.from_table(table, ref.side, dev, cache_dir=ref.cache_dir)
         else:

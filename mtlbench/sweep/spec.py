@@ -32,17 +32,18 @@ from mtlbench.errors import ConfigError
 from mtlbench.methods.architectures import ARCHITECTURES
 from mtlbench.methods.weightings import WEIGHTINGS
 from mtlbench.models.decoders import DECODERS
-from mtlbench.registry import Registry
+from mtlbench.registry import Registry, check_options
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
-SPEC_DIR = Path(__file__).resolve().parents[2] / "sweeps"
+# Package data (pyproject's package-data), so that an installed mtlbench finds its specs too.
+SPEC_DIR = Path(__file__).resolve().parents[1] / "specs"
 TOP_KEYS = {"name", "description", "data", "protocol", "axes", "fastcar", "arch_args", "weight_args"}
 AXES_KEYS = {"architectures", "weightings", "decoders", "target_scaling", "seeds"}
-DATA_KEYS = {"source", "image_col", "class_col", "target_col", "split_col", "seed"}
+DATA_KEYS = {"source", "image_col", "class_col", "target_col", "split_col", "seed", "allow_overlap"}
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,24 @@ def _check_keys(section: dict, allowed: set[str], where: str) -> None:
             raise ConfigError(f"unknown key {prefix}{key}; allowed: {', '.join(sorted(allowed))}")
 
 
+def _method_args(raw: Any, registry: Registry, section: str) -> dict[str, dict]:
+    """``[arch_args.X]`` / ``[weight_args.X]`` tables keyed by canonical method name, each option checked."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{section} must hold one table per {registry.kind}, e.g. [{section}.<name>]")
+    out: dict[str, dict] = {}
+    for name, options in raw.items():
+        if name not in registry:
+            raise ConfigError(f"{section}: unknown {registry.kind} {name!r}; allowed: {', '.join(registry.names())}")
+        entry = registry.entry(name)
+        where = f"{section}.{entry.name}"
+        if entry.name in out:
+            raise ConfigError(f"{where} is given twice (names ignore case)")
+        if not isinstance(options, dict):
+            raise ConfigError(f"{where} must be a table of options, got {options!r}")
+        out[entry.name] = check_options(entry, options, where)
+    return out
+
+
 def parse_spec(raw: dict[str, Any], default_name: str = "sweep") -> SweepSpec:
     _check_keys(raw, TOP_KEYS, "")
     data = dict(raw.get("data", {}))
@@ -132,14 +151,14 @@ def parse_spec(raw: dict[str, Any], default_name: str = "sweep") -> SweepSpec:
         weightings=_names(axes.get("weightings", "all"), WEIGHTINGS, "weightings"),
         decoders=_names(axes.get("decoders", "all"), DECODERS, "decoders"),
         target_scaling=tuple(dict.fromkeys(scalings)), seeds=tuple(dict.fromkeys(seeds)), fastcar=fastcar,
-        arch_args={ARCHITECTURES.canonical(k): v for k, v in raw.get("arch_args", {}).items()},
-        weight_args={WEIGHTINGS.canonical(k): v for k, v in raw.get("weight_args", {}).items()})
+        arch_args=_method_args(raw.get("arch_args", {}), ARCHITECTURES, "arch_args"),
+        weight_args=_method_args(raw.get("weight_args", {}), WEIGHTINGS, "weight_args"))
 
 
 def load_spec(path_or_name: str | Path) -> SweepSpec:
-    """A spec file, or the name of one shipped in ``sweeps/`` (``paper``, ``smoke``, ``demo``)."""
+    """A spec file, or the name of one shipped in ``mtlbench/specs/`` (``paper``, ``smoke``, ``demo``, ...)."""
     path = Path(path_or_name)
-    if not path.exists():
+    if not path.is_file():
         candidate = SPEC_DIR / f"{path_or_name}.toml"
         if candidate.exists():
             path = candidate

@@ -1,0 +1,68 @@
+"""Per-run peak memory: on a CPU, each run's own figure (sampled resident memory above its start), not the worker
+process's lifetime peak; the method is recorded; results folders written before the method column still read."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from mtlbench.config import Protocol, RunConfig
+from mtlbench.data import DeviceData, read_published
+from mtlbench.memory import CPU_RSS_SAMPLED, PeakMemory, anon_resident_bytes
+from mtlbench.records.schema import RUNS
+from mtlbench.records.store import ResultsStore
+from mtlbench.runs import run_cell
+
+needs_proc = pytest.mark.skipif(anon_resident_bytes() is None, reason="no /proc/self/statm (not Linux)")
+CPU = torch.device("cpu")
+
+
+@needs_proc
+def test_peak_is_measured_from_the_start_of_each_run():
+    big = PeakMemory(CPU)
+    x = torch.ones(64 * 2**20 // 4)   # 64 MiB, written so its pages are resident
+    peak_big, method = big.stop()
+    del x
+    small = PeakMemory(CPU)
+    y = torch.ones(2**20 // 4)        # 1 MiB
+    peak_small, _ = small.stop()
+    del y
+    assert method == CPU_RSS_SAMPLED
+    assert 60 < peak_big < 200 and peak_small < 20, (peak_big, peak_small)
+
+
+@needs_proc
+def test_small_cell_after_large_cell_records_the_smaller_peak(tiny_data, tmp_path):
+    """The sweep's one-cell function, twice in one process: decoder2 (two heads of ~24 M parameters) first, then
+    decoder1. With the process's lifetime peak both rows would show the first cell's figure."""
+    table = read_published(tiny_data)
+    data = DeviceData.from_table(table, 32, CPU, cache_dir=tmp_path)
+    protocol = Protocol(epochs=1, batch_size=8, img_size=32, max_steps_per_epoch=1, latency_repeats=1,
+                        checkpoint_every=0, device="cpu")
+    rows = {}
+    for decoder in ("decoder2", "decoder1"):
+        cfg = RunConfig(kind="mtl", architecture="HPS", weighting="EW", decoder=decoder, protocol=protocol)
+        result = run_cell(cfg, table, data)
+        assert result.status == "ok", result.message
+        rows[decoder] = result.row
+    large, small = rows["decoder2"], rows["decoder1"]
+    assert large["peak_mem_method"] == small["peak_mem_method"] == CPU_RSS_SAMPLED
+    # decoder2's parameters, gradients and Adam moments alone are ~750 MiB more than decoder1's
+    assert 0 < small["peak_mem_mb"] < large["peak_mem_mb"] - 300, (small["peak_mem_mb"], large["peak_mem_mb"])
+
+
+def test_rows_written_before_the_method_column_read_it_as_null(tmp_path):
+    store = ResultsStore(tmp_path / "r")
+    old = pa.schema([f for f in RUNS if f.name != "peak_mem_method"])
+    (store.cells_dir / "old").mkdir()
+    pq.write_table(pa.Table.from_pylist([{"run_id": "old", "kind": "mtl", "status": "ok", "peak_mem_mb": 900.0}],
+                                        schema=old), store.cells_dir / "old" / "runs.parquet")
+    store.write_cell("new", {"runs": [{"run_id": "new", "kind": "mtl", "status": "ok", "peak_mem_mb": 90.0,
+                                       "peak_mem_method": CPU_RSS_SAMPLED}]})
+    store.consolidate()
+    runs = store.read("runs").set_index("run_id")
+    assert runs.loc["new", "peak_mem_method"] == CPU_RSS_SAMPLED and pd.isna(runs.loc["old", "peak_mem_method"])
+    assert pq.read_table(tmp_path / "r" / "runs.parquet").num_rows == 2
