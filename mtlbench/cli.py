@@ -99,13 +99,23 @@ def data_synth(
 
 
 # -- fastcar ------------------------------------------------------------------------------------------------------
+def _seeds(text: str) -> tuple[int, ...]:
+    try:
+        seeds = tuple(dict.fromkeys(int(x) for x in text.split(",") if x.strip()))
+    except ValueError:
+        seeds = ()
+    if not seeds:
+        raise ConfigError(f"--seeds must be integers separated by commas, like 0,1,2; got {text!r}")
+    return seeds
+
+
 @app.command()
 def fastcar(
     data: str = typer.Option("default", help=DATA_HELP),
     epochs: int = typer.Option(100, help="training epochs (the paper: 100)"),
     batch_size: int = typer.Option(32, help="batch size (not stated in the paper)"),
     img_size: int = typer.Option(224, help="image side; 224 = native, use 64 on a CPU"),
-    seed: int = typer.Option(0, help="random seed"),
+    seeds: str = typer.Option("0", "--seeds", "--seed", help="random seed(s), e.g. 0 or 0,1,2: one run per seed"),
     gap: float = typer.Option(50.0, help="hardness units between consecutive shifted class ranges"),
     max_attempts: int = typer.Option(5, help="one-epoch-test attempts before continuing with the best"),
     pretrained: bool = typer.Option(False, help="start from torchvision's ImageNet weights (local torch cache)"),
@@ -115,40 +125,41 @@ def fastcar(
     channels_last: bool = typer.Option(False, help="channels-last memory format"),
     compile: bool = typer.Option(False, help="torch.compile the model (CPU: needs a C++ compiler)"),
     out: Path = typer.Option(Path("results/fastcar"), help="results folder"),
+    force: bool = typer.Option(False, help="run again a seed whose run has finished"),
+    retry_failed: bool = typer.Option(False, help="run again a seed whose run failed"),
+    checkpoint_every: int = typer.Option(1, help="epochs between mid-run checkpoints (0: none)"),
+    keep_checkpoints: bool = typer.Option(False, help="keep the last checkpoint after the run finishes"),
     allow_overlap: bool = typer.Option(False, "--allow-overlap", help=OVERLAP_HELP),
     cache_dir: Optional[Path] = typer.Option(None, envvar="MTLBENCH_CACHE", help="cache folder"),
 ) -> None:
-    """Run FastCAR: label transformation, one-epoch test, single-task ResNet-18 regressor, inverse transform."""
-    from mtlbench.config import FastCARSettings, Protocol, RunConfig
-    from mtlbench.data import DeviceData, resolve_dataset
-    from mtlbench.environment import check_amp, resolve_device
-    from mtlbench.records.store import ResultsStore
-    from mtlbench.runs import run_fastcar
-    from mtlbench.ui import RunProgress, result_table
+    """Run FastCAR: label transformation, one-epoch test, single-task ResNet-18 regressor, inverse transform.
+
+    Through the sweep driver: a finished run is skipped, an interrupted one resumes from its checkpoint."""
+    from mtlbench.config import FastCARSettings, Protocol
+    from mtlbench.sweep.runner import run_sweep
+    from mtlbench.sweep.spec import SweepSpec
+    from mtlbench.ui import RichSweepUI, result_table
 
     protocol = Protocol(epochs=epochs, batch_size=batch_size, img_size=img_size, pretrained=pretrained,
                         device=device, max_steps_per_epoch=max_steps, amp=amp, channels_last=channels_last,
-                        compile=compile)
-    cfg = RunConfig(kind="fastcar", protocol=protocol, seed=seed,
-                    fastcar=FastCARSettings(gap=gap, max_attempts=max_attempts))
-    store = ResultsStore(out)
-    dev = resolve_device(device)
-    check_amp(dev, amp)
+                        compile=compile, checkpoint_every=checkpoint_every)
+    spec = SweepSpec(name="fastcar", data={"source": data, **({"allow_overlap": True} if allow_overlap else {})},
+                     protocol=protocol, architectures=(), weightings=(), decoders=(), seeds=_seeds(seeds),
+                     fastcar=FastCARSettings(gap=gap, max_attempts=max_attempts))
     if pretrained:
         from mtlbench.models.encoder import load_imagenet_state
         load_imagenet_state()   # fail now, with the clear message, not after decoding the data
-    table = resolve_dataset(data, cache_dir=_cache(cache_dir), allow_overlap=allow_overlap, batch_size=batch_size)
-    tensors = DeviceData.from_table(table, img_size, dev, cache_dir=_cache(cache_dir))
-    console.print(f"FastCAR on [bold]{table.name}[/] ({len(table.frame)} images, {img_size} px) on {dev}")
-    with store.lock():
-        with RunProgress(console, epochs) as progress:
-            result = run_fastcar(cfg, table, tensors, sweep="fastcar", progress=progress)
-        store.write_cell(result.run_id, result.tables)
-        store.consolidate()
-    console.print(result_table([result.row], "FastCAR: test metrics at the best validation epoch"))
-    console.print(f"records in [bold]{out}[/] (run {result.run_id})")
-    if result.status != "ok":
-        raise MtlbenchError(f"FastCAR run {result.status}: {result.message}")
+    outcome = run_sweep(spec, out, force=force, retry_failed=retry_failed, cache_dir=_cache(cache_dir),
+                        ui=RichSweepUI(console, epochs), keep_checkpoints=keep_checkpoints)
+    rows = [r.row for r in outcome.results]
+    if rows:
+        console.print(result_table(rows, "FastCAR: test metrics at the best validation epoch"))
+    for cell in outcome.plan.done:
+        console.print(f"seed {cell.config.seed}: already finished (run {cell.run_id}); --force runs it again")
+    console.print(f"records in [bold]{out}[/]")
+    if not outcome.all_ok:
+        bad = [r for r in outcome.results if r.status != "ok"]
+        raise MtlbenchError(f"FastCAR run {bad[0].status}: {bad[0].message}")
 
 
 # -- sweep --------------------------------------------------------------------------------------------------------
@@ -245,7 +256,9 @@ def list_methods() -> None:
         for col in ("name", "what", "reference", "defaults"):
             t.add_column(col, overflow="fold")
         for e in registry:
-            t.add_row(e.name, e.summary, e.reference, ", ".join(f"{k}={v}" for k, v in e.defaults.items()))
+            t.add_row(e.name, e.summary, e.reference, ", ".join(
+                f"{k}={v}" + (f" (one of {'|'.join(map(str, e.choices[k]))})" if k in e.choices else "")
+                for k, v in e.defaults.items()))
         console.print(t)
 
 

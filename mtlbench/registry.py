@@ -19,6 +19,7 @@ class Entry(Generic[T]):
     reference: str = ""
     defaults: dict[str, Any] = field(default_factory=dict)
     summary: str = ""
+    choices: dict[str, tuple[Any, ...]] = field(default_factory=dict)   # option -> its allowed values
 
 
 #: Keys kept in a method's defaults that describe the method rather than tune it; a spec cannot set them.
@@ -78,6 +79,9 @@ def check_options(entry: Entry, options: Mapping[str, Any], where: str) -> dict[
         if not _accepts(allowed[key], value):
             raise ConfigError(f"{where}.{key} must be {_describe(allowed[key])} (default {allowed[key]!r}), "
                               f"got {value!r} ({type(value).__name__})")
+        if key in entry.choices and value not in entry.choices[key]:
+            raise ConfigError(f"{where}.{key} must be one of {', '.join(map(repr, entry.choices[key]))}, "
+                              f"got {value!r}")
     return dict(options)
 
 
@@ -89,11 +93,15 @@ class Registry(Generic[T]):
         self._entries: dict[str, Entry[T]] = {}
 
     def add(self, name: str, obj: T, *, reference: str = "", defaults: dict[str, Any] | None = None,
-            summary: str = "") -> T:
+            summary: str = "", choices: dict[str, tuple[Any, ...]] | None = None) -> T:
         key = name.lower()
         if key in self._entries:
             raise ValueError(f"{self.kind} {name!r} registered twice")
-        self._entries[key] = Entry(name, obj, reference, dict(defaults or {}), summary)
+        defaults, choices = dict(defaults or {}), dict(choices or {})
+        for option, allowed in choices.items():
+            if defaults.get(option) not in allowed:
+                raise ValueError(f"{self.kind} {name!r}: default {option}={defaults.get(option)!r} not in {allowed}")
+        self._entries[key] = Entry(name, obj, reference, defaults, summary, choices)
         return obj
 
     def register(self, name: str, **meta: Any) -> Callable[[T], T]:

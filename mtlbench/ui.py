@@ -43,35 +43,6 @@ def result_table(rows: list[dict], title: str) -> Table:
     return table
 
 
-class RunProgress:
-    """Live progress of one run: label-search attempts, then an epoch bar with the current metrics."""
-
-    def __init__(self, console: Console, epochs: int) -> None:
-        self.console = console
-        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[metrics]}"),
-                                 console=console, transient=False)
-        self.epochs = epochs
-        self.task = None
-
-    def __enter__(self) -> "RunProgress":
-        self.progress.start()
-        self.task = self.progress.add_task("epochs", total=self.epochs, metrics="")
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.progress.stop()
-
-    def __call__(self, event: str, info: dict[str, Any]) -> None:
-        if event == "label_search":
-            verdict = "[green]accepted[/]" if info["accepted"] else "[yellow]too steep[/]"
-            self.progress.console.print(f"label search attempt {info['attempt']}: gap {info['gap']:.2f}, mean |grad| "
-                                        f"{info['mean_grad']:.4f} -> {verdict} ({info['seconds']:.1f} s)")
-        elif event == "epoch":
-            self.progress.update(self.task, completed=min(info["epoch"], self.epochs), metrics=(
-                f"val loss {info['val_loss']:.4g}  acc {info['val_accuracy']:.1f}%  MAPE {info['val_mape']:.1f}%"))
-
-
 class RichSweepUI(SweepUI):
     """Overall bar with ETA, the current cell's epoch bar and metrics, counts of ok / failed / diverged."""
 
@@ -99,7 +70,11 @@ class RichSweepUI(SweepUI):
         self.bars.reset(self.cell, total=self.epochs, description=cfg.label[:48], info="")
 
     def progress(self, event: str, info: dict[str, Any]) -> None:  # type: ignore[override]
-        if event == "epoch":
+        if event == "label_search":   # FastCAR's one-epoch test
+            verdict = "[green]accepted[/]" if info["accepted"] else "[yellow]too steep[/]"
+            self.bars.console.print(f"label search attempt {info['attempt']}: gap {info['gap']:.2f}, mean |grad| "
+                                    f"{info['mean_grad']:.4f} -> {verdict} ({info['seconds']:.1f} s)")
+        elif event == "epoch":
             self.bars.update(self.cell, completed=min(info["epoch"], self.epochs), info=(
                 f"val acc {info['val_accuracy']:.1f}%  MAPE {info['val_mape']:.1f}%"))
 

@@ -80,3 +80,19 @@ def test_fastcar_cli_end_to_end_writes_all_tables(tmp_path, tiny_data, cache_dir
     search = pd.read_parquet(out / "label_search.parquet")
     assert search.accepted.sum() == 1 and (search.mean_grad > 0).all()
     assert (out / "cells" / r.run_id / "runs.parquet").exists()
+
+
+def test_fastcar_seeds_give_one_run_each_and_the_report_aggregates_them(tmp_path, tiny_data, cache_dir):
+    from mtlbench.report.render import render_report
+
+    out = tmp_path / "res"
+    proc = run_cli("fastcar", "--data", str(tiny_data), "--epochs", "1", "--img-size", "32", "--batch-size", "8",
+                   "--max-steps", "2", "--max-attempts", "1", "--seeds", "0,1,2", "--out", str(out), cache=cache_dir)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    runs = pd.read_parquet(out / "runs.parquet")
+    assert sorted(runs.seed) == [0, 1, 2] and runs.run_id.is_unique and (runs.status == "ok").all()
+    fastcar = render_report(out, tmp_path / "report", formats=("md",)).fastcar
+    assert fastcar["seeds"] == "0,1,2" and fastcar["n_ok"] == 3
+    for metric, column in (("accuracy", "best_accuracy"), ("mape", "best_mape")):
+        assert fastcar[f"{metric}_mean"] == pytest.approx(runs[column].mean(), rel=1e-12)
+        assert fastcar[f"{metric}_std"] == pytest.approx(runs[column].std(), rel=1e-12)

@@ -125,6 +125,36 @@ def test_fastcar_resumes_without_searching_again(loaded, tmp_path, monkeypatch):
         assert resumed.row[key] == whole.row[key], key
 
 
+def test_fastcar_command_resumes_after_sigkill_and_skips_a_finished_run(tiny_data, tmp_path, cache_dir):
+    """``mtlbench fastcar`` goes through the sweep driver: killed (SIGKILL) after epoch 2's checkpoint, the same
+    command resumes and ends equal to an uninterrupted run; a third call skips the finished run."""
+    args = ["-m", "mtlbench", "fastcar", "--data", str(tiny_data), "--device", "cpu", "--img-size", "32",
+            "--epochs", "3", "--max-steps", "2", "--batch-size", "8", "--seeds", "1"]
+    env = {**os.environ, "MTLBENCH_CACHE": str(cache_dir), "COLUMNS": "200"}
+
+    def fastcar(out: Path, fault: str | None = None) -> subprocess.CompletedProcess:
+        extra = {"MTLBENCH_FAULT": fault} if fault else {}
+        return subprocess.run([sys.executable, *args, "--out", str(out)], capture_output=True, text=True,
+                              env={**env, **extra}, cwd=REPO, timeout=900)
+
+    whole = fastcar(tmp_path / "whole")
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    cut = tmp_path / "cut"
+    killed = fastcar(cut, "epoch_end:cell=FastCAR:epoch=2:kill")
+    assert killed.returncode == -9
+    assert list((cut / "checkpoints").glob("*.ckpt"))
+    resumed = fastcar(cut)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a, b = (pd.read_parquet(p / "runs.parquet") for p in (cut, tmp_path / "whole"))
+    assert len(a) == 1 and a.resumed_from_epoch.iloc[0] == 2 and pd.isna(b.resumed_from_epoch.iloc[0])
+    pd.testing.assert_frame_equal(a[METRICS], b[METRICS], check_exact=True)
+    assert not list((cut / "checkpoints").glob("*.ckpt"))
+    before = mtimes(cut)
+    again = fastcar(cut)
+    assert again.returncode == 0 and "already finished" in again.stdout
+    assert mtimes(cut) == before   # the run's own record was not written again
+
+
 def test_checkpoint_holds_what_resuming_needs(loaded, tmp_path):
     table, data = loaded
     cfg = RunConfig(kind="mtl", architecture="HPS", weighting="DWA", decoder="decoder1",

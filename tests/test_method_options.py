@@ -67,6 +67,13 @@ def test_well_typed_options_pass_unchanged(registry, name, options):
     (ARCHITECTURES, "MMoE", {"num_experts": 3}, r"x\.MMoE\.num_experts must be a list of integers"),
     (ARCHITECTURES, "CGC", {"num_experts": [1, 1.5, 1]}, r"x\.CGC\.num_experts must be a list of integers"),
     (ARCHITECTURES, "LTB", {"gumbel_hard": 1}, r"x\.LTB\.gumbel_hard must be a boolean"),
+    # string options with a fixed set of values: the registry entry's choices
+    (ARCHITECTURES, "LTB", {"eval_tree": "mean"}, r"x\.LTB\.eval_tree must be one of 'argmax', 'sample', got 'mean'"),
+    (ARCHITECTURES, "LTB", {"tau_schedule": "linear"}, r"x\.LTB\.tau_schedule must be one of 'libmtl', "),
+    (WEIGHTINGS, "MoCo", {"MoCo_lambda_update": "sigmoid"}, r"x\.MoCo\.MoCo_lambda_update must be one of"),
+    (WEIGHTINGS, "Nash-MTL", {"task_specific_grads": "both"}, r"x\.Nash-MTL\.task_specific_grads must be one of"),
+    (WEIGHTINGS, "RLW", {"dist": "Cauchy"}, r"x\.RLW\.dist must be one of 'Uniform'"),
+    (WEIGHTINGS, "MGDA-loss", {"mgda_gn": "l2"}, r"x\.MGDA-loss\.mgda_gn must be one of 'loss', got 'l2'"),
 ])
 def test_unknown_or_mistyped_options_are_errors(registry, name, options, match):
     with pytest.raises(ConfigError, match=match):

@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 from mtlbench.libmtl_compat import libmtl_architecture
-from mtlbench.methods.ltb import LTB, LTB_DEFAULTS
+from mtlbench.methods.ltb import EVAL_TREES, LTB, LTB_DEFAULTS, TAU_SCHEDULES
 from mtlbench.registry import Registry
 
 ARCHITECTURES: Registry = Registry("architecture")
@@ -35,6 +35,7 @@ ARCHITECTURES.add("CGC", libmtl_architecture.CGC,
 
 ARCHITECTURES.add("LTB", LTB,
                   reference="Guo et al., Learning to Branch for Multi-Task Learning, ICML 2020",
-                  defaults=dict(LTB_DEFAULTS),
+                  defaults=dict(LTB_DEFAULTS), choices={"tau_schedule": TAU_SCHEDULES, "eval_tree": EVAL_TREES},
                   summary="per-task ResNet-18 stages with Gumbel-softmax learned branching; trains as LibMTL main "
-                          "does, evaluates the argmax tree (written here)")
+                          "does; evaluates the argmax tree where LibMTL samples a fresh one, so that the validation "
+                          "score picking the best epoch judges one fixed network (written here)")

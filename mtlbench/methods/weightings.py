@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from mtlbench.libmtl_compat import CAGrad, libmtl_weighting
 from mtlbench.methods.aligned_mtl import ALIGNED_MTL_DEFAULTS, Aligned_MTL
-from mtlbench.methods.moco import MOCO_DEFAULTS, MoCo
-from mtlbench.methods.nash_mtl import NASH_MTL_DEFAULTS, Nash_MTL
+from mtlbench.methods.moco import LAMBDA_UPDATES, MOCO_DEFAULTS, MoCo
+from mtlbench.methods.nash_mtl import NASH_MTL_DEFAULTS, TASK_SPECIFIC_GRADS, Nash_MTL
 from mtlbench.registry import Registry
 
 WEIGHTINGS: Registry = Registry("weighting")
@@ -20,7 +20,8 @@ WEIGHTINGS.add("EW", W.EW, reference="equal weighting (uniform sum of task losse
 WEIGHTINGS.add("GradNorm", W.GradNorm, defaults={"alpha": 1.5},
                reference="Chen et al., GradNorm, ICML 2018", summary="balances gradient norms by training rates")
 for gn in ("loss", "loss+", "l2"):
-    WEIGHTINGS.add(f"MGDA-{gn}", W.MGDA, defaults={"mgda_gn": gn},
+    # the normalisation is what tells the three apart: each entry accepts only its own
+    WEIGHTINGS.add(f"MGDA-{gn}", W.MGDA, defaults={"mgda_gn": gn}, choices={"mgda_gn": (gn,)},
                    reference="Sener & Koltun, Multi-Task Learning as Multi-Objective Optimization, NeurIPS 2018",
                    summary=f"min-norm point of the task gradients, gradient normalisation '{gn}'")
 WEIGHTINGS.add("UW", W.UW, reference="Kendall et al., Multi-Task Learning Using Uncertainty to Weigh Losses, CVPR 2018",
@@ -42,13 +43,14 @@ WEIGHTINGS.add("IMTL", W.IMTL, reference="Liu et al., Towards Impartial Multi-ta
 WEIGHTINGS.add("CAGrad", CAGrad, defaults={"calpha": 0.5, "rescale": 1},
                reference="Liu et al., Conflict-Averse Gradient Descent for Multi-task Learning, NeurIPS 2021",
                summary="maximises the worst local improvement near the average gradient")
-WEIGHTINGS.add("Nash-MTL", Nash_MTL, defaults=NASH_MTL_DEFAULTS,
+WEIGHTINGS.add("Nash-MTL", Nash_MTL, defaults=NASH_MTL_DEFAULTS, choices={"task_specific_grads": TASK_SPECIFIC_GRADS},
                reference="Navon et al., Multi-Task Learning as a Bargaining Game, ICML 2022",
                summary="Nash bargaining solution of the task gradients (written here)")
 WEIGHTINGS.add("RLW", W.RLW, defaults={"dist": "Normal"},
+               choices={"dist": ("Uniform", "Normal", "Dirichlet", "Bernoulli", "constrained_Bernoulli")},
                reference="Lin et al., Reasonable Effectiveness of Random Weighting, TMLR 2022 (arXiv:2111.10603)",
                summary="random loss weights, softmax of a standard normal draw")
-WEIGHTINGS.add("MoCo", MoCo, defaults=MOCO_DEFAULTS,
+WEIGHTINGS.add("MoCo", MoCo, defaults=MOCO_DEFAULTS, choices={"MoCo_lambda_update": LAMBDA_UPDATES},
                reference="Fernando et al., Mitigating Gradient Bias in Multi-objective Learning, ICLR 2023",
                summary="tracked (momentum) gradients and projected weight updates (written here)")
 WEIGHTINGS.add("Aligned-MTL", Aligned_MTL, defaults=ALIGNED_MTL_DEFAULTS,
