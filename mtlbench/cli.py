@@ -170,7 +170,10 @@ def sweep(
     dry_run: bool = typer.Option(False, "--dry-run", help="list the cells and how many are finished; run nothing"),
     out: Optional[Path] = typer.Option(None, help="results folder; default results/<spec name>"),
     force: bool = typer.Option(False, help="re-run finished cells"),
-    retry_failed: bool = typer.Option(False, help="re-run cells recorded as failed"),
+    retry_failed: bool = typer.Option(False, help="re-run cells recorded as failed (each from its last checkpoint, "
+                                      "if it has one) or diverged (from the start)"),
+    resume_diverged: bool = typer.Option(False, help="keep a diverged cell's checkpoint and resume it on "
+                                         "--retry-failed, instead of starting over"),
     executor: str = typer.Option("sequential", help="sequential, local or ray"),
     workers: int = typer.Option(1, help="worker processes (local executor)"),
     gpus: Optional[str] = typer.Option(None, help="GPU ids to use, e.g. 0,1 (default: all visible)"),
@@ -212,16 +215,28 @@ def sweep(
         table = resolve_dataset(str(s.data["source"]), cache_dir=_cache(cache_dir),
                                 table_options={k: v for k, v in s.data.items() if k != "source"} or None,
                                 batch_size=s.protocol.batch_size)
+        from mtlbench.train.checkpoint import CheckpointPolicy
+
+        status: dict[str, str] = {}
         if target.exists():
-            cells = plan_sweep(s, ResultsStore(target), table.fingerprint(), filters=filters, force=force).cells
+            store = ResultsStore(target)
+            cells = plan_sweep(s, store, table.fingerprint(), filters=filters, force=force,
+                               retry_failed=retry_failed).cells
+            if store.finished():
+                runs = store.read("runs")
+                status = dict(zip(runs["run_id"], runs["status"]))
+            policy = CheckpointPolicy(checkpoint_dir or store.checkpoints_dir)
         else:  # nothing written yet: plan without creating the results folder
             cells = [PlannedCell(c, c.run_id(table.fingerprint()), False) for c in s.cells()
                      if not filters or matches(c, filters)]
+            policy = CheckpointPolicy(checkpoint_dir) if checkpoint_dir else None
         t = Table(title=f"sweep {s.name}: {len(cells)} cells, {sum(c.done for c in cells)} finished")
-        for col in ("#", "run", "done"):
+        for col in ("#", "run", "done", "recorded", "checkpoint"):
             t.add_column(col)
         for i, c in enumerate(cells, 1):
-            t.add_row(str(i), c.config.label, "yes" if c.done else "")
+            resumable = policy is not None and policy.path(c.run_id).exists() and not c.done
+            t.add_row(str(i), c.config.label, "yes" if c.done else "", status.get(c.run_id, ""),
+                      "resumes from it" if resumable and not force else "")
         console.print(t)
         return
     options = {"workers": workers, "workers_per_gpu": workers_per_gpu, "address": address,
@@ -229,7 +244,8 @@ def sweep(
     outcome = run_sweep(s, target, filters=filters, force=force, retry_failed=retry_failed, executor=executor,
                         executor_options=options, device=device, cache_dir=_cache(cache_dir),
                         ui=RichSweepUI(console, s.protocol.epochs), checkpoint_every=checkpoint_every,
-                        keep_checkpoints=keep_checkpoints, checkpoint_dir=checkpoint_dir)
+                        keep_checkpoints=keep_checkpoints, checkpoint_dir=checkpoint_dir,
+                        resume_diverged=resume_diverged)
     rows = [r.row for r in outcome.results]
     if rows:
         shown = sorted(rows, key=lambda r: (r["kind"] != "fastcar", -(r.get("best_accuracy") or -1)))

@@ -155,6 +155,33 @@ def test_fastcar_command_resumes_after_sigkill_and_skips_a_finished_run(tiny_dat
     assert mtimes(cut) == before   # the run's own record was not written again
 
 
+def test_a_failed_cell_keeps_its_checkpoint_and_retry_failed_resumes_it(spec_path, reference, tmp_path, cache_dir):
+    out = tmp_path / "res"
+    assert sweep_with_fault(spec_path, out, f"epoch_end:cell={DWA}:epoch=2:raise", cache_dir).returncode == 1
+    runs = ResultsStore(out).read("runs").set_index("run_id")
+    failed = runs.index[runs.status == "failed"]
+    assert len(failed) == 1 and runs.loc[failed[0], "failed_epoch"] > 0
+    assert (out / "checkpoints" / f"{failed[0]}.ckpt").exists()
+    dry = run_cli("sweep", str(spec_path), "--out", str(out), "--dry-run", "--retry-failed", cache=cache_dir)
+    assert dry.returncode == 0 and dry.stdout.count("resumes from it") == 1 and "failed" in dry.stdout
+    retried = sweep_with_fault(spec_path, out, "", cache_dir, "--retry-failed")
+    assert retried.returncode == 0, retried.stdout[-2000:] + retried.stderr[-2000:]
+    runs = assert_store_sound(out, reference)
+    assert runs.loc[failed[0], "resumed_from_epoch"] == 2
+
+
+@pytest.mark.parametrize("resume", [False, True], ids=["starts-over", "resume-diverged"])
+def test_a_diverged_cell_loses_its_checkpoint_unless_asked_to_resume(spec_path, tmp_path, cache_dir, resume):
+    out = tmp_path / "res"
+    extra = ("--resume-diverged",) if resume else ()
+    proc = sweep_with_fault(spec_path, out, f"train_step:cell={DWA}:epoch=3:nan", cache_dir, *extra)
+    assert proc.returncode == 1
+    runs = ResultsStore(out).read("runs")
+    diverged = runs.loc[runs.status == "diverged", "run_id"]
+    assert len(diverged) == 1
+    assert (out / "checkpoints" / f"{diverged.iloc[0]}.ckpt").exists() == resume
+
+
 def test_checkpoint_holds_what_resuming_needs(loaded, tmp_path):
     table, data = loaded
     cfg = RunConfig(kind="mtl", architecture="HPS", weighting="DWA", decoder="decoder1",
@@ -225,11 +252,13 @@ def test_nan_and_out_of_memory_mid_cell_mark_only_that_cell(action, status, word
     assert bad.status == status and bad.failed_epoch == 2 and words in bad.message.lower()
     good = runs[runs.status == "ok"]
     assert len(good) == 2 and (good[METRICS] == reference.loc[good.index, METRICS]).all().all()
-    assert not list((out / "checkpoints").glob("*"))   # the failed cell's checkpoint went with it
+    # a failed cell keeps its epoch-1 checkpoint to resume from; a diverged one would only diverge again
+    assert len(list((out / "checkpoints").glob("*.ckpt"))) == (status == "failed")
     retried = run_cli("sweep", str(spec_path), "--out", str(out), "--retry-failed", cache=cache_dir)
-    if status == "failed":   # --retry-failed re-runs failed cells (not diverged ones)
-        assert retried.returncode == 0, retried.stdout
-        assert_store_sound(out, reference)
+    assert retried.returncode == 0, retried.stdout
+    runs = assert_store_sound(out, reference)   # resumed (failed) or started over (diverged): the same result
+    resumed = runs.loc[bad.name, "resumed_from_epoch"]
+    assert (resumed == 1) if status == "failed" else pd.isna(resumed)
 
 
 def test_corrupt_checkpoint_restarts_the_cell_and_says_so(spec_path, reference, tmp_path, cache_dir):

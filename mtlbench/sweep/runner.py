@@ -74,7 +74,7 @@ def plan_sweep(spec: SweepSpec, store: ResultsStore, fingerprint: str, *, filter
     failed: set[str] = set()
     if retry_failed and finished:
         runs = store.read("runs")
-        failed = set(runs.loc[runs["status"] == "failed", "run_id"])
+        failed = set(runs.loc[runs["status"].isin(("failed", "diverged")), "run_id"])
     cells = []
     for cfg in spec.cells():
         if filters and not matches(cfg, filters):
@@ -84,16 +84,24 @@ def plan_sweep(spec: SweepSpec, store: ResultsStore, fingerprint: str, *, filter
     return Plan(cells)
 
 
+def diverged_ids(store: ResultsStore) -> set[str]:
+    if not store.finished():
+        return set()
+    runs = store.read("runs")
+    return set(runs.loc[runs["status"] == "diverged", "run_id"])
+
+
 def run_sweep(spec: SweepSpec, out: Path, *, filters: dict[str, set[str]] | None = None, force: bool = False,
               retry_failed: bool = False, executor: str = "sequential", executor_options: dict | None = None,
               device: str | None = None, cache_dir: str | None = None, ui: SweepUI | None = None,
               checkpoint_every: int | None = None, keep_checkpoints: bool = False,
-              checkpoint_dir: Path | None = None) -> SweepOutcome:
+              checkpoint_dir: Path | None = None, resume_diverged: bool = False) -> SweepOutcome:
     """Run the pending cells of ``spec`` into the results folder ``out``.
 
     Cells save a checkpoint every ``checkpoint_every`` epochs (default: the spec's) under ``checkpoint_dir``
-    (default ``out/checkpoints``); an interrupted cell continues from its checkpoint, which is deleted once the
-    cell's result is stored unless ``keep_checkpoints``."""
+    (default ``out/checkpoints``); an interrupted cell continues from its checkpoint. A cell that finished ok loses
+    its checkpoint unless ``keep_checkpoints``; a failed one keeps it, so that ``retry_failed`` resumes it; a diverged
+    one loses it (resuming would reproduce the divergence) unless ``resume_diverged``."""
     ui = ui or SweepUI()
     if device:
         spec = replace(spec, protocol=replace(spec.protocol, device=device))
@@ -122,12 +130,18 @@ def run_sweep(spec: SweepSpec, out: Path, *, filters: dict[str, set[str]] | None
         if force:   # a forced re-run starts over, not from a kept checkpoint
             for cell in plan.pending:
                 discard(replace(policy, keep=False), cell.run_id)
+        elif not resume_diverged:   # a diverged cell kept from an earlier --resume-diverged run starts over
+            diverged = diverged_ids(store)
+            for cell in plan.pending:
+                if cell.run_id in diverged:
+                    discard(replace(policy, keep=False), cell.run_id)
         ctx = SweepContext(name=spec.name, data_ref=ref, table=table, data=data, device=spec.protocol.device,
                            checkpoint_dir=str(ckpt_root.resolve()))
 
         def on_result(result: CellResult) -> None:
             store.write_cell(result.run_id, result.tables)   # atomic: this cell is now finished for good
-            discard(policy, result.run_id)
+            if result.status == "ok" or (result.status == "diverged" and not resume_diverged):
+                discard(policy, result.run_id)
             outcome.results.append(result)
             ui.cell_done(result)
 
