@@ -44,41 +44,46 @@ def result_table(rows: list[dict], title: str) -> Table:
 
 
 class RichSweepUI(SweepUI):
-    """Overall bar with ETA, the current cell's epoch bar and metrics, counts of ok / failed / diverged."""
+    """Overall bar with ETA and counts of ok / failed / diverged, and one epoch bar per running cell (several at
+    once under the local and Ray executors) with its latest validation metrics."""
 
     def __init__(self, console: Console, epochs: int) -> None:
         self.console = console
         self.epochs = epochs
         self.counts = {"ok": 0, "failed": 0, "diverged": 0}
         self.bars = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
-                                 console=console)
-        self.overall = self.cell = None
+                             TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
+                             console=console)
+        self.overall = None
+        self.cells: dict[str, Any] = {}   # cell label -> its bar
 
     def start(self, plan: Plan) -> None:
         self.console.print(f"{len(plan.cells)} cells: {len(plan.done)} already finished, "
                            f"{len(plan.pending)} to run")
         self.bars.start()
         self.overall = self.bars.add_task("sweep", total=len(plan.pending), info=self._counts())
-        self.cell = self.bars.add_task("cell", total=self.epochs, info="")
 
     def _counts(self) -> str:
         c = self.counts
         return f"[green]ok {c['ok']}[/] [red]failed {c['failed']}[/] [yellow]diverged {c['diverged']}[/]"
 
     def cell_start(self, cfg: RunConfig) -> None:
-        self.bars.reset(self.cell, total=self.epochs, description=cfg.label[:48], info="")
+        self.cells[cfg.label] = self.bars.add_task(cfg.label[:48], total=self.epochs, info="")
 
     def progress(self, event: str, info: dict[str, Any]) -> None:  # type: ignore[override]
+        bar = self.cells.get(info.get("cell", ""))
         if event == "label_search":   # FastCAR's one-epoch test
             verdict = "[green]accepted[/]" if info["accepted"] else "[yellow]too steep[/]"
             self.bars.console.print(f"label search attempt {info['attempt']}: gap {info['gap']:.2f}, mean |grad| "
                                     f"{info['mean_grad']:.4f} -> {verdict} ({info['seconds']:.1f} s)")
-        elif event == "epoch":
-            self.bars.update(self.cell, completed=min(info["epoch"], self.epochs), info=(
-                f"val acc {info['val_accuracy']:.1f}%  MAPE {info['val_mape']:.1f}%"))
+        elif event == "epoch" and bar is not None:
+            self.bars.update(bar, completed=min(info["epoch"], self.epochs), info=(
+                f"loss {info['train_loss']:.4g}  val acc {info['val_accuracy']:.1f}%  MAPE {info['val_mape']:.1f}%"))
 
     def cell_done(self, result: CellResult) -> None:
+        label = RunConfig.from_json(result.row["config_json"]).label if result.row.get("config_json") else None
+        if label in self.cells:
+            self.bars.remove_task(self.cells.pop(label))
         self.counts[result.status] = self.counts.get(result.status, 0) + 1
         self.bars.advance(self.overall)
         self.bars.update(self.overall, info=self._counts())

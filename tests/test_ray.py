@@ -1,15 +1,18 @@
 """The Ray executor on a local Ray instance (Ray is installed by ``make test``): the smoke sweep gives the same
-rows as the sequential executor; a lost worker is retried, a deterministic failure is not."""
+rows as the sequential executor; a lost worker is retried, a deterministic failure is not; every executor's cells
+send their epoch events to the driver's view."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+import pytest
 
-from conftest import run_cli
+from conftest import run_cli, small_spec
 from mtlbench.records.store import ResultsStore
-from mtlbench.sweep.runner import run_sweep
+from mtlbench.sweep.runner import SweepUI, run_sweep
 from mtlbench.sweep.spec import load_spec
 
 METRICS = [f"{w}_{m}" for w in ("best", "last") for m in ("accuracy", "mse", "rmse", "mae", "mape", "within8")]
@@ -71,3 +74,27 @@ enabled = false
     assert by["UW"].status == "failed" and by["UW"].message.startswith("worker lost") and count["UW"] == 2
     runs = ResultsStore(tmp_path / "res").read("runs")
     assert len(runs) == 3 and runs.run_id.is_unique and not outcome.all_ok
+
+
+class RecordingUI(SweepUI):
+    """The driver's view, keeping what it is shown."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, dict]] = []
+
+    def progress(self, event: str, info: dict) -> None:
+        self.events.append((event, info))
+
+
+@pytest.mark.parametrize("executor", ["sequential", "local", "ray"])
+def test_the_driver_receives_epoch_events_from_running_cells(executor, tmp_path: Path, tiny_data: Path,
+                                                             cache_dir: Path):
+    spec = load_spec(small_spec(tmp_path, tiny_data, weightings='["EW", "UW"]', epochs=2, fastcar="false"))
+    ui = RecordingUI()
+    options = {"workers": 2} if executor == "local" else {}
+    outcome = run_sweep(spec, tmp_path / "res", executor=executor, executor_options=options,
+                        cache_dir=str(cache_dir), ui=ui)
+    assert outcome.all_ok
+    epochs = {(info["cell"], info["epoch"]) for event, info in ui.events if event == "epoch"}
+    assert epochs == {(f"HPS+{w}/decoder1 none seed=0", e) for w in ("EW", "UW") for e in (1, 2)}
+    assert all(np.isfinite(info["val_accuracy"]) for event, info in ui.events if event == "epoch")

@@ -58,6 +58,29 @@ class Executor(TypingProtocol):
 
 EXECUTORS: Registry = Registry("executor")
 
+#: Events a worker sends to the driver's view (per-step events stay in the worker: one message per step would cost
+#: more than it shows).
+RELAYED = ("epoch", "label_search")
+
+
+class CellEvents:
+    """A cell's progress callback that tags each event with the cell's label and puts it on ``queue`` (a
+    multiprocessing manager's queue, or Ray's actor-backed queue): picklable, so it travels to the worker."""
+
+    def __init__(self, queue: Any, cell: str) -> None:
+        self.queue, self.cell = queue, cell
+
+    def __call__(self, event: str, info: dict[str, Any]) -> None:
+        if event in RELAYED:
+            self.queue.put((event, {**info, "cell": self.cell}))
+
+
+def tagged(progress: ProgressFn | None, cell: str) -> ProgressFn | None:
+    """``progress`` with the cell's label added to each event (the view keeps one bar per running cell)."""
+    if progress is None:
+        return None
+    return lambda event, info: progress(event, {**info, "cell": cell})
+
 
 def load_data(ref: DataRef, device: torch.device) -> tuple[Any, Any]:
     from mtlbench.data import DeviceData, resolve_dataset
@@ -76,7 +99,8 @@ class SequentialExecutor:
     def run(self, cells, ctx, on_start, on_result, progress=None):
         for cfg in cells:
             on_start(cfg)
-            on_result(run_cell(cfg, ctx.table, ctx.data, progress=progress, **ctx.cell_options("sequential")))
+            on_result(run_cell(cfg, ctx.table, ctx.data, progress=tagged(progress, cfg.label),
+                               **ctx.cell_options("sequential")))
 
 
 # -- local processes ----------------------------------------------------------------------------------------------
@@ -102,9 +126,23 @@ def _worker_init(ref: DataRef, device: str, threads: int) -> None:
     worker_data(ref, device)
 
 
-def _worker_run(cfg_json: str, ctx: SweepContext, concurrency: int) -> CellResult:
+def _worker_run(cfg_json: str, ctx: SweepContext, concurrency: int, events: Any = None) -> CellResult:
     table, data = worker_data(ctx.data_ref, _WORKER["device"])
-    return run_cell(RunConfig.from_json(cfg_json), table, data, **ctx.cell_options("local", concurrency))
+    cfg = RunConfig.from_json(cfg_json)
+    progress = CellEvents(events, cfg.label) if events is not None else None
+    return run_cell(cfg, table, data, progress=progress, **ctx.cell_options("local", concurrency))
+
+
+def drain(events: Any, progress: ProgressFn | None) -> None:
+    """Hand every queued worker event to the driver's view, without waiting."""
+    if events is None or progress is None:
+        return
+    while True:
+        try:
+            event, info = events.get_nowait()
+        except Exception:  # noqa: BLE001 — queue.Empty (multiprocessing) or ray.util.queue.Empty
+            return
+        progress(event, info)
 
 
 @EXECUTORS.register("local", summary="--workers N separate processes; GPUs assigned round-robin")
@@ -131,16 +169,20 @@ class LocalExecutor:
         queue = list(cells)
         running: dict[Future, tuple[RunConfig, str]] = {}
         slots = dict(per_device)
+        manager = spawn.Manager() if progress is not None else None   # workers' epoch events reach the view
+        events = manager.Queue() if manager is not None else None
         try:
             while queue or running:
                 for d in list(slots):
                     while slots[d] > 0 and queue:
                         cfg = queue.pop(0)
                         on_start(cfg)
-                        fut = pools[d].submit(_worker_run, cfg.to_json(), _portable(ctx), per_device[d])
+                        fut = pools[d].submit(_worker_run, cfg.to_json(), _portable(ctx), per_device[d], events)
                         running[fut] = (cfg, d)
                         slots[d] -= 1
-                done, _ = wait(list(running), return_when=FIRST_COMPLETED)
+                done, _ = wait(list(running), timeout=0.25 if events is not None else None,
+                               return_when=FIRST_COMPLETED)
+                drain(events, progress)
                 for fut in done:
                     cfg, d = running.pop(fut)
                     slots[d] += 1
@@ -151,14 +193,19 @@ class LocalExecutor:
         finally:
             for pool in pools.values():
                 pool.shutdown(wait=True, cancel_futures=True)
+            if manager is not None:
+                manager.shutdown()
 
 
 # -- Ray ----------------------------------------------------------------------------------------------------------
-def _ray_run(cfg_json: str, ctx: SweepContext, device: str, threads: int, concurrency: int) -> CellResult:
+def _ray_run(cfg_json: str, ctx: SweepContext, device: str, threads: int, concurrency: int,
+             events: Any = None) -> CellResult:
     """One cell as a Ray task. Ray reuses worker processes, so the data is loaded once per worker."""
     torch.set_num_threads(max(1, threads))
     table, data = worker_data(ctx.data_ref, device)
-    return run_cell(RunConfig.from_json(cfg_json), table, data, **ctx.cell_options("ray", concurrency))
+    cfg = RunConfig.from_json(cfg_json)
+    progress = CellEvents(events, cfg.label) if events is not None else None
+    return run_cell(cfg, table, data, progress=progress, **ctx.cell_options("ray", concurrency))
 
 
 @EXECUTORS.register("ray", summary="one Ray task per cell with its CPUs / GPUs declared; --address for a cluster")
@@ -190,12 +237,12 @@ class RayExecutor:
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 raise ConfigError(f"cannot reach the Ray cluster at {self.address or 'local'}: {exc}") from None
         try:
-            self._run(ray, cells, ctx, on_start, on_result)
+            self._run(ray, cells, ctx, on_start, on_result, progress)
         finally:
             if started:
                 ray.shutdown()
 
-    def _run(self, ray, cells, ctx, on_start, on_result):
+    def _run(self, ray, cells, ctx, on_start, on_result, progress=None):
         total = ray.cluster_resources()
         gpus = 0.0 if ctx.device.startswith("cpu") else float(total.get("GPU", 0.0))
         if gpus:
@@ -212,13 +259,19 @@ class RayExecutor:
         slots = total.get("GPU", 0.0) * self.workers_per_gpu if gpus else total.get("CPU", 1.0) / num_cpus
         window = max(1, int(slots))
         shipped = ray.put(_portable(ctx))
+        events = None
+        if progress is not None:   # Ray's own actor-backed queue carries the tasks' epoch events to the view
+            from ray.util.queue import Queue
+
+            events = Queue(actor_options={"num_cpus": 0})
         queue, pending = list(cells), {}
         while queue or pending:
             while queue and len(pending) < window:
                 cfg = queue.pop(0)
                 on_start(cfg)
-                pending[task.remote(cfg.to_json(), shipped, device, int(num_cpus), concurrency)] = cfg
-            done, _ = ray.wait(list(pending), num_returns=1)
+                pending[task.remote(cfg.to_json(), shipped, device, int(num_cpus), concurrency, events)] = cfg
+            done, _ = ray.wait(list(pending), num_returns=1, timeout=0.25 if events is not None else None)
+            drain(events, progress)
             for ref in done:
                 cfg = pending.pop(ref)
                 try:
@@ -228,6 +281,9 @@ class RayExecutor:
                 except Exception as exc:  # noqa: BLE001 — worker or node lost beyond its retries
                     result = lost_worker_result(cfg, ctx, exc)
                 on_result(result)
+        if events is not None:
+            drain(events, progress)
+            events.shutdown()
 
 
 def _portable(ctx: SweepContext) -> SweepContext:
