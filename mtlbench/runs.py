@@ -26,6 +26,7 @@ from mtlbench.fastcar.transform import LabelTransform
 from mtlbench.memory import PeakMemory
 from mtlbench.models.mtl import Regressor, build_mtl_model
 from mtlbench.records.schema import SCHEMA_VERSION
+from mtlbench.stability import stability
 from mtlbench.train import checkpoint
 from mtlbench.train.checkpoint import CheckpointError, CheckpointPolicy
 from mtlbench.train.learners import FastCARLearner, MTLLearner
@@ -95,6 +96,7 @@ class _Run:
             self.tables["epochs"] = [{"run_id": self.run_id, **e} for e in st.epochs]
             self.tables["weights"] = [{"run_id": self.run_id, **w} for w in st.weights]
             self.row["epochs_run"] = len(st.epochs)
+            self.row.update(stability(st.epochs))
             if self.row["status"] == "ok":
                 best, last = trainer.final_predictions()
                 relpaths = list(self.table.split("test")["relpath"])

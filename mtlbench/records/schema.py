@@ -52,6 +52,12 @@ RUNS = pa.schema([
     # LTB {"tree": [[parent of each branch] per stage 1..4], "stages": [...]}.
     pa.field("arch_state_json", pa.string()),
     pa.field("best_epoch", pa.int64()),
+    # The spread (max - min, points) of validation accuracy and MAPE over the last stability_epochs epochs, and
+    # whether it exceeds mtlbench.stability's thresholds (null: too few epochs to tell).
+    pa.field("stability_epochs", pa.int64()),
+    pa.field("val_accuracy_spread", pa.float64()),
+    pa.field("val_mape_spread", pa.float64()),
+    pa.field("unstable", pa.bool_()),
     *_metric_fields,
     pa.field("best_confusion_json", pa.string()),
     pa.field("last_confusion_json", pa.string()),

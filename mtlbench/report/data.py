@@ -241,6 +241,8 @@ def _summarise(group: pd.DataFrame, specs: list[MetricSpec], checkpoint: str) ->
         "run_ids": ",".join(group["run_id"]),
     }
     ok = group[group["status"] == "ok"]
+    # runs whose validation scores still swung at the end (mtlbench.stability); older records lack the column
+    row["n_unstable"] = int((ok["unstable"] == True).sum()) if "unstable" in ok else 0  # noqa: E712 (nullable)
     for spec in specs:
         col = spec.source(checkpoint)
         values = ok[col] * spec.scale if col in ok else pd.Series(dtype=float)
@@ -252,7 +254,8 @@ def _summarise(group: pd.DataFrame, specs: list[MetricSpec], checkpoint: str) ->
 def aggregate_cells(runs: pd.DataFrame, specs: list[MetricSpec], checkpoint: str = "best") -> pd.DataFrame:
     """One row per grid cell: status, seed counts and per metric ``<m>_mean``, ``<m>_std``, ``<m>_n``."""
     mtl = runs[runs["kind"] == "mtl"]
-    cols = [*CELL_KEY, "status", "n_runs", "n_ok", "n_failed", "n_diverged", "seeds", "message", "run_ids"] + \
+    cols = [*CELL_KEY, "status", "n_runs", "n_ok", "n_failed", "n_diverged", "n_unstable", "seeds", "message",
+            "run_ids"] + \
         [f"{s.name}_{k}" for s in specs for k in ("mean", "std", "n")]
     if mtl.empty:
         return pd.DataFrame(columns=cols)

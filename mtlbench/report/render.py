@@ -17,6 +17,7 @@ from mtlbench.report import html as H
 from mtlbench.report.data import (CELL_KEY, ENV_FIELDS, METRIC_SPECS, PROTOCOL_FIELDS, Axes, MetricSpec,
                                   aggregate_cells, aggregate_fastcar, axes_of, coverage_counts, example_config,
                                   find_missing, load_results, metric_specs, value_counts)
+from mtlbench.stability import UNSTABLE_ACCURACY_POINTS, UNSTABLE_MAPE_POINTS
 from mtlbench.report.tables import best_cell, build_summary, cells_table, summary_markdown, summary_wide
 
 FORMATS = ("png", "svg", "md", "csv", "html")
@@ -112,7 +113,7 @@ def render_report(results: list[Path] | Path | str, out: Path | str | None = Non
     axes = axes_of(data)
     cells = _sort_cells(aggregate_cells(data.runs, all_specs, checkpoint), axes)
     fastcar = aggregate_fastcar(data.runs, all_specs, checkpoint)
-    missing = find_missing(data, cells, axes)
+    missing = find_missing(data, cells, axes) + _unstable_note(data.runs)
 
     out_dir = Path(out) if out is not None else folders[0] / "report"
     try:
@@ -269,6 +270,21 @@ def render_report(results: list[Path] | Path | str, out: Path | str | None = Non
         files.append(path)
     return ReportResult(out_dir=out_dir, files=files, summary=summary, missing=missing, heatmaps=heatmaps,
                         color_limits=limits, cells=cells, fastcar=fastcar, skipped=skipped)
+
+
+def _unstable_note(runs: pd.DataFrame) -> list[str]:
+    """One note naming the runs whose validation scores still swung at the end (mtlbench.stability)."""
+    if "unstable" not in runs:
+        return []
+    flagged = runs[(runs["status"] == "ok") & (runs["unstable"] == True)]  # noqa: E712 (nullable column)
+    if flagged.empty:
+        return []
+    names = [("FastCAR" if r["kind"] == "fastcar" else f"{r['architecture']}+{r['weighting']}/{r['decoder']}")
+             + f" seed {r['seed']}" for _, r in flagged.iterrows()]
+    return [f"unstable: {len(flagged)} of {int((runs['status'] == 'ok').sum())} runs spanned more than "
+            f"{UNSTABLE_ACCURACY_POINTS:g} points of validation accuracy or {UNSTABLE_MAPE_POINTS:g} of MAPE over "
+            f"their last epochs, so their best-epoch figures are partly luck: {', '.join(names[:10])}"
+            + (f" and {len(names) - 10} more" if len(names) > 10 else "")]
 
 
 def _ltb_trees(data: Any, several_scalings: bool, emit: Any, skipped: list[str]) -> None:

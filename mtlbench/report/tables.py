@@ -159,7 +159,7 @@ def summary_markdown(summary: pd.DataFrame, axes: Axes, *, title: str, notes: li
 def cells_table(cells: pd.DataFrame, specs: list[MetricSpec], several_scalings: bool) -> pd.DataFrame:
     """The full per-cell table (numbers kept numeric, for sorting and CSV)."""
     cols = ["architecture", "weighting", "decoder"] + (["target_scaling"] if several_scalings else []) + \
-        ["status", "seeds", "n_ok", "n_failed", "n_diverged"]
+        ["status", "seeds", "n_ok", "n_failed", "n_diverged", "n_unstable"]
     out = cells[cols].copy()
     for spec in specs:
         out[f"{spec.cbar} mean"] = cells[f"{spec.name}_mean"]
