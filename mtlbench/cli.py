@@ -217,14 +217,10 @@ def sweep(
                                 batch_size=s.protocol.batch_size)
         from mtlbench.train.checkpoint import CheckpointPolicy
 
-        status: dict[str, str] = {}
         if target.exists():
             store = ResultsStore(target)
             cells = plan_sweep(s, store, table.fingerprint(), filters=filters, force=force,
-                               retry_failed=retry_failed).cells
-            if store.finished():
-                runs = store.read("runs")
-                status = dict(zip(runs["run_id"], runs["status"]))
+                               retry_failed=retry_failed, read_status=True).cells
             policy = CheckpointPolicy(checkpoint_dir or store.checkpoints_dir)
         else:  # nothing written yet: plan without creating the results folder
             cells = [PlannedCell(c, c.run_id(table.fingerprint()), False) for c in s.cells()
@@ -235,7 +231,7 @@ def sweep(
             t.add_column(col)
         for i, c in enumerate(cells, 1):
             resumable = policy is not None and policy.path(c.run_id).exists() and not c.done
-            t.add_row(str(i), c.config.label, "yes" if c.done else "", status.get(c.run_id, ""),
+            t.add_row(str(i), c.config.label, "yes" if c.done else "", c.recorded or "",
                       "resumes from it" if resumable and not force else "")
         console.print(t)
         return

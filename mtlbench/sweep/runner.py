@@ -21,6 +21,7 @@ class PlannedCell:
     config: RunConfig
     run_id: str
     done: bool
+    recorded: str | None = None   # the status of its stored run, where the plan read them
 
 
 @dataclass
@@ -69,26 +70,23 @@ def data_ref(spec: SweepSpec, cache_dir: str | None) -> DataRef:
 
 
 def plan_sweep(spec: SweepSpec, store: ResultsStore, fingerprint: str, *, filters: dict[str, set[str]] | None = None,
-               force: bool = False, retry_failed: bool = False) -> Plan:
+               force: bool = False, retry_failed: bool = False, read_status: bool = False) -> Plan:
+    """The cells of ``spec`` and whether each is done. The stored runs' statuses are read (into
+    :attr:`PlannedCell.recorded`) when ``retry_failed`` needs them, or when ``read_status`` asks."""
     finished = store.finished()
-    failed: set[str] = set()
-    if retry_failed and finished:
+    recorded: dict[str, str] = {}
+    if (retry_failed or read_status) and finished:
         runs = store.read("runs")
-        failed = set(runs.loc[runs["status"].isin(("failed", "diverged")), "run_id"])
+        recorded = dict(zip(runs["run_id"], runs["status"]))
+    retried = ("failed", "diverged") if retry_failed else ()
     cells = []
     for cfg in spec.cells():
         if filters and not matches(cfg, filters):
             continue
         rid = cfg.run_id(fingerprint)
-        cells.append(PlannedCell(cfg, rid, done=(rid in finished and not force and rid not in failed)))
+        done = rid in finished and not force and recorded.get(rid) not in retried
+        cells.append(PlannedCell(cfg, rid, done=done, recorded=recorded.get(rid)))
     return Plan(cells)
-
-
-def diverged_ids(store: ResultsStore) -> set[str]:
-    if not store.finished():
-        return set()
-    runs = store.read("runs")
-    return set(runs.loc[runs["status"] == "diverged", "run_id"])
 
 
 def run_sweep(spec: SweepSpec, out: Path, *, filters: dict[str, set[str]] | None = None, force: bool = False,
@@ -131,9 +129,8 @@ def run_sweep(spec: SweepSpec, out: Path, *, filters: dict[str, set[str]] | None
             for cell in plan.pending:
                 discard(replace(policy, keep=False), cell.run_id)
         elif not resume_diverged:   # a diverged cell kept from an earlier --resume-diverged run starts over
-            diverged = diverged_ids(store)
             for cell in plan.pending:
-                if cell.run_id in diverged:
+                if cell.recorded == "diverged":
                     discard(replace(policy, keep=False), cell.run_id)
         ctx = SweepContext(name=spec.name, data_ref=ref, table=table, data=data, device=spec.protocol.device,
                            checkpoint_dir=str(ckpt_root.resolve()))
