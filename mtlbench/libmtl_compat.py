@@ -23,8 +23,8 @@ fix here and a test in ``tests/test_libmtl_compat.py``:
    keeps only the last task's representation, so GradDrop back-propagates into one task's branch only.
    Fix: always keep one representation per task (``same_rep=False``), which is what MTAN, MMoE and CGC already do.
 10. ``CAGrad.backward``'s objective reshapes the task weights to ``(1, 3)``: it only works for three tasks.
-    Fix: :class:`CAGrad`, the same method for any number of tasks (the solver stays scipy's SLSQP on the CPU,
-    on the [tasks x tasks] Gram matrix only).
+    Fix: :class:`mtlbench.methods.cagrad.CAGrad`, the same method for any number of tasks, written with the
+    other methods (a method, not a shim); its quirk test stays in ``tests/test_libmtl_compat.py``.
 11. ``_reset_grad`` writes each shared gradient as a contiguous view of the combined vector. For a channels-last
     parameter that gradient has other strides than its parameter, and fused Adam on CUDA refuses the step ("params,
     grads, exp_avgs, and exp_avg_sqs must have same dtype, device, and layout"): every gradient weighting failed on
@@ -65,7 +65,6 @@ from LibMTL.weighting.abstract_weighting import AbsWeighting  # noqa: E402
 LIBMTL_VERSION = getattr(LibMTL, "__version__", None) or "1.1.5"
 
 __all__ = [
-    "CAGrad",
     "AbsArchitecture",
     "AbsWeighting",
     "DeviceGradients",
@@ -142,37 +141,3 @@ def compose(architecture: type, weighting: type) -> type:
 
     MTLModel.__name__ = MTLModel.__qualname__ = f"{architecture.__name__}_{weighting.__name__}"
     return MTLModel
-
-
-class CAGrad(libmtl_weighting.CAGrad):
-    """LibMTL's CAGrad (Liu et al., NeurIPS 2021) for any number of tasks (quirk 10); hyper-parameters ``calpha``
-    and ``rescale`` as in LibMTL."""
-
-    def backward(self, losses: torch.Tensor, **kwargs: Any) -> Any:
-        import numpy as np
-        from scipy.optimize import minimize
-
-        calpha, rescale = kwargs["calpha"], kwargs["rescale"]
-        if self.rep_grad:
-            raise ValueError("No support method CAGrad with representation gradients (rep_grad=True)")
-        self._compute_grad_dim()
-        grads = self._compute_grad(losses, mode="backward")
-        gg = torch.matmul(grads, grads.t()).double().cpu()  # only [tasks x tasks] leaves the device
-        g0_norm = (gg.mean() + 1e-8).sqrt()
-        x_start = np.ones(self.task_num) / self.task_num
-        a, b = gg.numpy(), x_start.copy()
-        c = float(calpha * g0_norm + 1e-8)
-
-        def objfn(x: np.ndarray) -> float:
-            return float(x @ a @ b + c * np.sqrt(x @ a @ x + 1e-8))
-
-        res = minimize(objfn, x_start, bounds=[(0, 1)] * self.task_num,
-                       constraints=({"type": "eq", "fun": lambda x: 1 - sum(x)},))
-        ww = torch.as_tensor(res.x, dtype=grads.dtype, device=grads.device)
-        gw = (grads * ww.view(-1, 1)).sum(0)
-        g = grads.mean(0) + c / (gw.norm() + 1e-8) * gw
-        scale = {0: 1.0, 1: 1 + calpha ** 2, 2: 1 + calpha}
-        if rescale not in scale:
-            raise ValueError(f"No support rescale type {rescale}")
-        self._reset_grad(g / scale[rescale])
-        return res.x

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Callable, Generic, Iterator, Mapping, TypeVar
+from typing import Any, Callable, Generic, Iterator, Mapping, Sequence, TypeVar
 
 from mtlbench.errors import ConfigError
 
@@ -20,15 +21,37 @@ class Entry(Generic[T]):
     defaults: dict[str, Any] = field(default_factory=dict)
     summary: str = ""
     choices: dict[str, tuple[Any, ...]] = field(default_factory=dict)   # option -> its allowed values
+    options: type | None = None     # the typed options dataclass the defaults come from, when the method has one
+    library: str = ""               # who implements it: "LibMTL 1.1.5", "mtlbench", "torchjd" ...
+    traits: dict[str, Any] = field(default_factory=dict)   # what the method is, not how it is tuned (e.g. rep_grad)
 
-
-#: Keys kept in a method's defaults that describe the method rather than tune it; a spec cannot set them.
-PROPERTIES = frozenset({"rep_grad"})
+    def trait(self, name: str, default: Any = None) -> Any:
+        return self.traits.get(name, default)
 
 
 def option_defaults(entry: Entry) -> dict[str, Any]:
-    """The options a method accepts, with their defaults: its entry's defaults less :data:`PROPERTIES`."""
-    return {k: v for k, v in entry.defaults.items() if k not in PROPERTIES}
+    """The options a method accepts, with their defaults."""
+    return dict(entry.defaults)
+
+
+def options_table(options: type) -> tuple[dict[str, Any], dict[str, tuple[Any, ...]]]:
+    """(defaults, choices) of a typed options dataclass: each field's default (lists as lists, the TOML shape), and
+    the allowed values a field lists in ``metadata["choices"]``."""
+    if not dataclasses.is_dataclass(options):
+        raise TypeError(f"{options!r} is not a dataclass")
+    defaults: dict[str, Any] = {}
+    choices: dict[str, tuple[Any, ...]] = {}
+    for f in dataclasses.fields(options):
+        if f.default is not dataclasses.MISSING:
+            value = f.default
+        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+            value = f.default_factory()  # type: ignore[misc]
+        else:
+            raise TypeError(f"{options.__name__}.{f.name} has no default")
+        defaults[f.name] = list(value) if isinstance(value, tuple) else value
+        if "choices" in f.metadata:
+            choices[f.name] = tuple(f.metadata["choices"])
+    return defaults, choices
 
 
 def _number(value: Any) -> bool:
@@ -86,22 +109,36 @@ def check_options(entry: Entry, options: Mapping[str, Any], where: str) -> dict[
 
 
 class Registry(Generic[T]):
-    """An ordered, case-insensitive name registry. Instances are module-level constants, never mutated at run time."""
+    """An ordered, case-insensitive name registry, filled at import time by the definitions themselves (timm's
+    ``@register_model``) and never changed after.
 
-    def __init__(self, kind: str) -> None:
+    ``groups`` names fixed subsets (e.g. ``"paper"``: the FastCAR paper's grid); their members come first in
+    :meth:`names`, in the group's order, and everything else follows in registration order.
+    """
+
+    def __init__(self, kind: str, groups: Mapping[str, Sequence[str]] | None = None) -> None:
         self.kind = kind
         self._entries: dict[str, Entry[T]] = {}
+        self.groups = {g: tuple(names) for g, names in (groups or {}).items()}
 
     def add(self, name: str, obj: T, *, reference: str = "", defaults: dict[str, Any] | None = None,
-            summary: str = "", choices: dict[str, tuple[Any, ...]] | None = None) -> T:
+            summary: str = "", choices: dict[str, tuple[Any, ...]] | None = None, options: type | None = None,
+            library: str = "", **traits: Any) -> T:
+        """Register ``obj`` as ``name``. Its options come from ``options`` (a dataclass whose fields are the
+        defaults, with ``metadata["choices"]`` for enumerations) or, for LibMTL's own classes, ``defaults`` and
+        ``choices``; ``traits`` say what the method is (see the method registries)."""
         key = name.lower()
         if key in self._entries:
             raise ValueError(f"{self.kind} {name!r} registered twice")
+        if options is not None:
+            if defaults or choices:
+                raise ValueError(f"{self.kind} {name!r}: give options or defaults/choices, not both")
+            defaults, choices = options_table(options)
         defaults, choices = dict(defaults or {}), dict(choices or {})
         for option, allowed in choices.items():
             if defaults.get(option) not in allowed:
                 raise ValueError(f"{self.kind} {name!r}: default {option}={defaults.get(option)!r} not in {allowed}")
-        self._entries[key] = Entry(name, obj, reference, defaults, summary, choices)
+        self._entries[key] = Entry(name, obj, reference, defaults, summary, choices, options, library, dict(traits))
         return obj
 
     def register(self, name: str, **meta: Any) -> Callable[[T], T]:
@@ -122,14 +159,22 @@ class Registry(Generic[T]):
     def canonical(self, name: str) -> str:
         return self.entry(name).name
 
-    def names(self) -> list[str]:
-        return [e.name for e in self._entries.values()]
+    def names(self, group: str | None = None) -> list[str]:
+        """Every name (a group's members first, see the class), or only ``group``'s."""
+        if group is not None:
+            if group not in self.groups:
+                raise ConfigError(f"unknown {self.kind} group {group!r}; choose one of: {', '.join(self.groups)}")
+            return [self.canonical(n) for n in self.groups[group] if n in self]
+        return [e.name for e in self]
 
     def __contains__(self, name: object) -> bool:
         return str(name).lower() in self._entries
 
     def __iter__(self) -> Iterator[Entry[T]]:
-        return iter(self._entries.values())
+        first = [n.lower() for names in self.groups.values() for n in names]
+        rank = {n: i for i, n in enumerate(dict.fromkeys(first))}
+        keys = sorted(self._entries, key=lambda k: (rank.get(k, len(rank)), list(self._entries).index(k)))
+        return iter(self._entries[k] for k in keys)
 
     def __len__(self) -> int:
         return len(self._entries)

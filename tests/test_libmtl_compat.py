@@ -13,6 +13,7 @@ from torch import nn
 from mtlbench import libmtl_compat as compat
 from mtlbench.libmtl_compat import AbsWeighting, compose, libmtl_architecture as A, libmtl_weighting as W
 from mtlbench.methods.weightings import WEIGHTINGS, backward_kwargs
+from mtlbench.methods.cagrad import CAGrad
 from mtlbench.models.decoders import build_decoder
 from mtlbench.models.encoder import EncoderFactory
 
@@ -160,7 +161,7 @@ def test_quirk9_cross_stitch_graddrop_reaches_every_branch():
 
 
 def test_quirk10_cagrad_two_tasks_and_equal_to_stock_for_three():
-    m = build(A.HPS, compat.CAGrad)
+    m = build(A.HPS, CAGrad)
     w = m.backward(losses_of(m), calpha=0.5, rescale=1)
     assert len(w) == 2 and np.isclose(w.sum(), 1.0)
 
@@ -168,7 +169,7 @@ def test_quirk10_cagrad_two_tasks_and_equal_to_stock_for_three():
         task_num, rep_grad, device = 3, False, DEV
     grads = torch.randn(3, 50, generator=torch.Generator().manual_seed(3))
     results = []
-    for cls in (compat.CAGrad, W.CAGrad):
+    for cls in (CAGrad, W.CAGrad):
         obj = Three()
         obj._compute_grad_dim = lambda: None
         obj._compute_grad = lambda losses, mode: grads

@@ -140,7 +140,7 @@ def test_every_architecture_records_every_default(name):
 def test_every_weighting_records_every_default(name):
     hp = _recorded("HPS", name)
     assert hp["weighting"] == option_defaults(WEIGHTINGS.entry(name))
-    assert hp["rep_grad"] == bool(WEIGHTINGS.entry(name).defaults.get("rep_grad", False))
+    assert hp["rep_grad"] == bool(WEIGHTINGS.entry(name).trait("rep_grad", False))
 
 
 def test_overrides_are_merged_into_the_record():

@@ -9,11 +9,22 @@ from typing import Any
 
 import torch
 
+from dataclasses import dataclass
+
 from mtlbench.libmtl_compat import AbsWeighting
+from mtlbench.methods.registry import WEIGHTINGS
+from mtlbench.registry import options_table
 
 __all__ = ["Aligned_MTL", "ALIGNED_MTL_DEFAULTS", "aligned_weights"]
 
-ALIGNED_MTL_DEFAULTS: dict[str, Any] = {"Aligned_tol": None}
+@dataclass(frozen=True)
+class AlignedMTLOptions:
+    """Aligned-MTL's options; see :class:`Aligned_MTL`."""
+
+    Aligned_tol: float | None = None
+
+
+ALIGNED_MTL_DEFAULTS: dict[str, Any] = options_table(AlignedMTLOptions)[0]
 
 
 def aligned_weights(grads: torch.Tensor, tol: float | None = None,
@@ -43,6 +54,9 @@ def aligned_weights(grads: torch.Tensor, tol: float | None = None,
     return (balance @ task_weights.to(balance.dtype)).to(grads.dtype)
 
 
+@WEIGHTINGS.register("Aligned-MTL", options=AlignedMTLOptions, library="mtlbench", gradients=True,
+                     reference="Senushkin et al., Independent Component Alignment for Multi-Task Learning, CVPR 2023",
+                     summary="aligns task gradients' principal components (written here)")
 class Aligned_MTL(AbsWeighting):
     r"""Aligned-MTL: align the principal components of the task gradients so they have equal magnitude.
 

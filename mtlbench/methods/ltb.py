@@ -12,17 +12,34 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dataclasses import dataclass, field
+
 from mtlbench.libmtl_compat import AbsArchitecture
+from mtlbench.methods.registry import ARCHITECTURES
+from mtlbench.registry import options_table
 
 __all__ = ["LTB", "LTB_DEFAULTS"]
 
 #: Constructor keyword arguments of :class:`LTB` and their defaults (the registry's defaults table). The defaults
 #: train as LibMTL main's LTB does; mtlbench 0.1's behaviour is ``gumbel_hard = false, tau_schedule = "exponential",
 #: warmup_fraction = 0``.
-LTB_DEFAULTS: dict[str, Any] = {"gumbel_hard": True, "tau_schedule": "libmtl", "warmup_fraction": 0.01,
-                                "tau_init": 5.0, "tau_min": 0.1, "eval_tree": "argmax"}
 TAU_SCHEDULES = ("libmtl", "exponential")
 EVAL_TREES = ("argmax", "sample")
+
+
+@dataclass(frozen=True)
+class LTBOptions:
+    """LTB's options; see :class:`LTB`."""
+
+    gumbel_hard: bool = True
+    tau_schedule: str = field(default="libmtl", metadata={"choices": TAU_SCHEDULES})
+    warmup_fraction: float = 0.01
+    tau_init: float = 5.0
+    tau_min: float = 0.1
+    eval_tree: str = field(default="argmax", metadata={"choices": EVAL_TREES})
+
+
+LTB_DEFAULTS: dict[str, Any] = options_table(LTBOptions)[0]
 
 _STAGES = ("stem", "layer1", "layer2", "layer3", "layer4")
 
@@ -84,6 +101,12 @@ class _BranchingResNet(nn.Module):
         return outs
 
 
+@ARCHITECTURES.register(
+    "LTB", options=LTBOptions, library="mtlbench",
+    reference="Guo et al., Learning to Branch for Multi-Task Learning, ICML 2020",
+    summary="per-task ResNet-18 stages with Gumbel-softmax learned branching; trains as LibMTL main does; evaluates "
+            "the argmax tree where LibMTL samples a fresh one, so that the validation score picking the best epoch "
+            "judges one fixed network (written here)")
 class LTB(AbsArchitecture):
     r"""Learning to Branch (LTB): a tree-structured multi-task ResNet whose branching points are learned.
 

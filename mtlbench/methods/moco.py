@@ -10,14 +10,31 @@ from typing import Any
 
 import torch
 
+from dataclasses import dataclass, field
+
 from mtlbench.libmtl_compat import AbsWeighting
+from mtlbench.methods.registry import WEIGHTINGS
+from mtlbench.registry import options_table
 
 __all__ = ["MoCo", "MOCO_DEFAULTS", "project_simplex"]
 
-MOCO_DEFAULTS: dict[str, Any] = {"MoCo_beta": 0.5, "MoCo_beta_sigma": 0.5, "MoCo_gamma": 0.1,
-                                 "MoCo_gamma_sigma": 0.5, "MoCo_rho": 0.0, "MoCo_normalize": True,
-                                 "MoCo_lambda_update": "projection"}
 LAMBDA_UPDATES = ("projection", "softmax")
+
+
+@dataclass(frozen=True)
+class MoCoOptions:
+    """MoCo's options (LibMTL main's names and defaults, the paper's projected update); see :class:`MoCo`."""
+
+    MoCo_beta: float = 0.5
+    MoCo_beta_sigma: float = 0.5
+    MoCo_gamma: float = 0.1
+    MoCo_gamma_sigma: float = 0.5
+    MoCo_rho: float = 0.0
+    MoCo_normalize: bool = True
+    MoCo_lambda_update: str = field(default="projection", metadata={"choices": LAMBDA_UPDATES})
+
+
+MOCO_DEFAULTS: dict[str, Any] = options_table(MoCoOptions)[0]
 
 
 def project_simplex(v: torch.Tensor) -> torch.Tensor:
@@ -37,6 +54,9 @@ def _softmax(v: torch.Tensor) -> torch.Tensor:
     return torch.softmax(v, dim=0)
 
 
+@WEIGHTINGS.register("MoCo", options=MoCoOptions, library="mtlbench", gradients=True,
+                     reference="Fernando et al., Mitigating Gradient Bias in Multi-objective Learning, ICLR 2023",
+                     summary="tracked (momentum) gradients and projected weight updates (written here)")
 class MoCo(AbsWeighting):
     r"""MoCo: tracked task gradients Y and simplex weights lambda updated by a projected gradient step.
 

@@ -10,13 +10,28 @@ from typing import Any
 import numpy as np
 import torch
 
+from dataclasses import dataclass, field
+
 from mtlbench.libmtl_compat import AbsWeighting
+from mtlbench.methods.registry import WEIGHTINGS
+from mtlbench.registry import options_table
 
 __all__ = ["Nash_MTL", "NASH_MTL_DEFAULTS", "nash_ccp_solve"]
 
-NASH_MTL_DEFAULTS: dict[str, Any] = {"update_weights_every": 1, "optim_niter": 20, "max_norm": 1.0,
-                                     "task_specific_grads": "weighted"}
 TASK_SPECIFIC_GRADS = ("weighted", "plain")
+
+
+@dataclass(frozen=True)
+class NashMTLOptions:
+    """Nash-MTL's options (LibMTL main's defaults); see :class:`Nash_MTL`."""
+
+    update_weights_every: int = 1
+    optim_niter: int = 20
+    max_norm: float = 1.0
+    task_specific_grads: str = field(default="weighted", metadata={"choices": TASK_SPECIFIC_GRADS})
+
+
+NASH_MTL_DEFAULTS: dict[str, Any] = options_table(NashMTLOptions)[0]
 
 # Stop the sequence of convex problems once every task satisfies alpha_i (M alpha)_i = 1 to this relative accuracy
 # (scale-free form of G G^T alpha = 1/alpha), or once the iterate stops moving.
@@ -90,6 +105,9 @@ def _fixed_point_residual(gram: np.ndarray, alpha: np.ndarray) -> float:
     return float(np.max(np.abs(alpha * (gram @ alpha) - 1.0)))
 
 
+@WEIGHTINGS.register("Nash-MTL", options=NashMTLOptions, library="mtlbench", gradients=True,
+                     reference="Navon et al., Multi-Task Learning as a Bargaining Game, ICML 2022",
+                     summary="Nash bargaining solution of the task gradients (written here)")
 class Nash_MTL(AbsWeighting):
     r"""Nash-MTL: the task weights alpha of the Nash bargaining solution, ``G G^T alpha = 1 / alpha``, alpha > 0.
 

@@ -1,65 +1,93 @@
-"""Registry of loss weightings (17 grid entries: MGDA counts three times, one per gradient normalisation) with
-their papers and the one table of default hyper-parameters (LibMTL's customary defaults)."""
+"""LibMTL 1.1.5's own weightings, registered with typed options (LibMTL's customary defaults). The methods written
+here (Nash-MTL, MoCo, Aligned-MTL, CAGrad for any task count, and the landscape's) register in their own files.
+
+An entry's options are the keyword arguments its ``backward`` reads; specs are checked against them and runs record
+them.
+"""
 
 from __future__ import annotations
 
-from mtlbench.libmtl_compat import CAGrad, libmtl_weighting
-from mtlbench.methods.aligned_mtl import ALIGNED_MTL_DEFAULTS, Aligned_MTL
-from mtlbench.methods.moco import LAMBDA_UPDATES, MOCO_DEFAULTS, MoCo
-from mtlbench.methods.nash_mtl import NASH_MTL_DEFAULTS, TASK_SPECIFIC_GRADS, Nash_MTL
-from mtlbench.registry import Registry
+from dataclasses import dataclass, field, make_dataclass
+from typing import Any
 
-WEIGHTINGS: Registry = Registry("weighting")
-W = libmtl_weighting
+from mtlbench.libmtl_compat import libmtl_weighting as W
+from mtlbench.methods.registry import WEIGHTINGS
 
-# defaults: keyword arguments passed to ``backward``; the key ``rep_grad`` (not passed) says whether the weighting
-# works on representation gradients (LibMTL's GradDrop requires it; all others use shared-parameter gradients).
-# Every option a method reads must be here: specs are checked against these keys and types, and runs record them.
-# The methods written here keep their table in their own file.
-WEIGHTINGS.add("EW", W.EW, reference="equal weighting (uniform sum of task losses)", summary="sum of losses")
-WEIGHTINGS.add("GradNorm", W.GradNorm, defaults={"alpha": 1.5},
+LIBMTL = "LibMTL 1.1.5"
+
+
+@dataclass(frozen=True)
+class NoOptions:
+    """The method takes no options."""
+
+
+@dataclass(frozen=True)
+class GradNormOptions:
+    alpha: float = 1.5      # the restoring force's strength (paper: 1.5 for NYUv2)
+
+
+@dataclass(frozen=True)
+class DWAOptions:
+    T: float = 2.0          # softmax temperature over the loss-change ratios
+
+
+@dataclass(frozen=True)
+class GradDropOptions:
+    leak: float = 0.0       # fraction of the dropped gradient kept
+
+
+@dataclass(frozen=True)
+class GradVacOptions:
+    beta: float = 0.5       # EMA rate of the target cosine similarity
+
+
+RLW_DISTRIBUTIONS = ("Uniform", "Normal", "Dirichlet", "Bernoulli", "constrained_Bernoulli")
+
+
+@dataclass(frozen=True)
+class RLWOptions:
+    dist: str = field(default="Normal", metadata={"choices": RLW_DISTRIBUTIONS})   # the weights' distribution
+
+
+def _mgda_options(gn: str) -> type:
+    # the normalisation is what tells the three MGDA entries apart: each accepts only its own
+    return make_dataclass(f"MGDAOptions_{gn.replace('+', 'plus')}",
+                          [("mgda_gn", str, field(default=gn, metadata={"choices": (gn,)}))], frozen=True)
+
+
+WEIGHTINGS.add("EW", W.EW, options=NoOptions, library=LIBMTL, gradients=False,
+               reference="equal weighting (uniform sum of task losses)", summary="sum of losses")
+WEIGHTINGS.add("GradNorm", W.GradNorm, options=GradNormOptions, library=LIBMTL, gradients=True,
                reference="Chen et al., GradNorm, ICML 2018", summary="balances gradient norms by training rates")
-for gn in ("loss", "loss+", "l2"):
-    # the normalisation is what tells the three apart: each entry accepts only its own
-    WEIGHTINGS.add(f"MGDA-{gn}", W.MGDA, defaults={"mgda_gn": gn}, choices={"mgda_gn": (gn,)},
+for _gn in ("loss", "loss+", "l2"):
+    WEIGHTINGS.add(f"MGDA-{_gn}", W.MGDA, options=_mgda_options(_gn), library=LIBMTL, gradients=True,
                    reference="Sener & Koltun, Multi-Task Learning as Multi-Objective Optimization, NeurIPS 2018",
-                   summary=f"min-norm point of the task gradients, gradient normalisation '{gn}'")
-WEIGHTINGS.add("UW", W.UW, reference="Kendall et al., Multi-Task Learning Using Uncertainty to Weigh Losses, CVPR 2018",
+                   summary=f"min-norm point of the task gradients, gradient normalisation '{_gn}'")
+WEIGHTINGS.add("UW", W.UW, options=NoOptions, library=LIBMTL, gradients=False,
+               reference="Kendall et al., Multi-Task Learning Using Uncertainty to Weigh Losses, CVPR 2018",
                summary="learned homoscedastic uncertainty weights")
-WEIGHTINGS.add("DWA", W.DWA, defaults={"T": 2.0},
+WEIGHTINGS.add("DWA", W.DWA, options=DWAOptions, library=LIBMTL, gradients=False,
                reference="Liu et al., End-to-End Multi-Task Learning with Attention, CVPR 2019",
                summary="weights from the rate of change of each loss")
-WEIGHTINGS.add("GLS", W.GLS, reference="Chennupati et al., MultiNet++, CVPR Workshops 2019",
-               summary="geometric mean of the losses")
-WEIGHTINGS.add("GradDrop", W.GradDrop, defaults={"leak": 0.0, "rep_grad": True},
+WEIGHTINGS.add("GLS", W.GLS, options=NoOptions, library=LIBMTL, gradients=False,
+               reference="Chennupati et al., MultiNet++, CVPR Workshops 2019", summary="geometric mean of the losses")
+WEIGHTINGS.add("GradDrop", W.GradDrop, options=GradDropOptions, library=LIBMTL, gradients=True, rep_grad=True,
                reference="Chen et al., Just Pick a Sign: Gradient Sign Dropout, NeurIPS 2020",
                summary="drops gradient signs by their consistency (on representation gradients)")
-WEIGHTINGS.add("PCGrad", W.PCGrad, reference="Yu et al., Gradient Surgery for Multi-Task Learning, NeurIPS 2020",
+WEIGHTINGS.add("PCGrad", W.PCGrad, options=NoOptions, library=LIBMTL, gradients=True,
+               reference="Yu et al., Gradient Surgery for Multi-Task Learning, NeurIPS 2020",
                summary="projects away conflicting gradient components")
-WEIGHTINGS.add("GradVac", W.GradVac, defaults={"beta": 0.5},
+WEIGHTINGS.add("GradVac", W.GradVac, options=GradVacOptions, library=LIBMTL, gradients=True,
                reference="Wang et al., Gradient Vaccine, ICLR 2021", summary="aligns gradient similarity to an EMA target")
-WEIGHTINGS.add("IMTL", W.IMTL, reference="Liu et al., Towards Impartial Multi-task Learning, ICLR 2021",
+WEIGHTINGS.add("IMTL", W.IMTL, options=NoOptions, library=LIBMTL, gradients=True,
+               reference="Liu et al., Towards Impartial Multi-task Learning, ICLR 2021",
                summary="equal projections of the aggregate on each task gradient + learned loss scales")
-WEIGHTINGS.add("CAGrad", CAGrad, defaults={"calpha": 0.5, "rescale": 1},
-               reference="Liu et al., Conflict-Averse Gradient Descent for Multi-task Learning, NeurIPS 2021",
-               summary="maximises the worst local improvement near the average gradient")
-WEIGHTINGS.add("Nash-MTL", Nash_MTL, defaults=NASH_MTL_DEFAULTS, choices={"task_specific_grads": TASK_SPECIFIC_GRADS},
-               reference="Navon et al., Multi-Task Learning as a Bargaining Game, ICML 2022",
-               summary="Nash bargaining solution of the task gradients (written here)")
-WEIGHTINGS.add("RLW", W.RLW, defaults={"dist": "Normal"},
-               choices={"dist": ("Uniform", "Normal", "Dirichlet", "Bernoulli", "constrained_Bernoulli")},
+WEIGHTINGS.add("RLW", W.RLW, options=RLWOptions, library=LIBMTL, gradients=False,
                reference="Lin et al., Reasonable Effectiveness of Random Weighting, TMLR 2022 (arXiv:2111.10603)",
                summary="random loss weights, softmax of a standard normal draw")
-WEIGHTINGS.add("MoCo", MoCo, defaults=MOCO_DEFAULTS, choices={"MoCo_lambda_update": LAMBDA_UPDATES},
-               reference="Fernando et al., Mitigating Gradient Bias in Multi-objective Learning, ICLR 2023",
-               summary="tracked (momentum) gradients and projected weight updates (written here)")
-WEIGHTINGS.add("Aligned-MTL", Aligned_MTL, defaults=ALIGNED_MTL_DEFAULTS,
-               reference="Senushkin et al., Independent Component Alignment for Multi-Task Learning, CVPR 2023",
-               summary="aligns task gradients' principal components (written here)")
 
 
-def backward_kwargs(name: str, overrides: dict | None = None) -> tuple[dict, bool]:
+def backward_kwargs(name: str, overrides: dict | None = None) -> tuple[dict[str, Any], bool]:
     """(keyword arguments for ``model.backward``, whether the weighting needs representation gradients)."""
-    params = {**WEIGHTINGS.entry(name).defaults, **(overrides or {})}
-    rep_grad = bool(params.pop("rep_grad", False))
-    return params, rep_grad
+    entry = WEIGHTINGS.entry(name)
+    return {**entry.defaults, **(overrides or {})}, bool(entry.trait("rep_grad", False))

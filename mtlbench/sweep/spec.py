@@ -10,8 +10,8 @@ Example::
     batch_size = 32
     img_size = 224
     [axes]
-    architectures = "all"      # or a list of names
-    weightings = "all"
+    architectures = "paper"    # "all" (every registered one), "paper" (the FastCAR paper's 6) or a list
+    weightings = "paper"       # likewise: "all", "paper" (17) or a list
     decoders = "all"
     target_scaling = ["none"]
     seeds = [0]
@@ -86,10 +86,13 @@ class SweepSpec:
 def _names(value: Any, registry: Registry, key: str) -> tuple[str, ...]:
     if value == "all":
         return tuple(registry.names())
+    if isinstance(value, str) and value in registry.groups:
+        return tuple(registry.names(value))
     if isinstance(value, str):
         value = [value]
     if not isinstance(value, list) or not value:
-        raise ConfigError(f"axes.{key} must be \"all\" or a non-empty list of: {', '.join(registry.names())}")
+        raise ConfigError(f"axes.{key} must be \"all\", one of the groups ({', '.join(registry.groups) or 'none'}) "
+                          f"or a non-empty list of: {', '.join(registry.names())}")
     out = []
     for v in value:
         if v not in registry:

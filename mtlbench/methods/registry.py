@@ -1,0 +1,32 @@
+"""The two method registries, filled by the method files themselves, and the rule that says when a cell applies.
+
+A weighting registers with ``@WEIGHTINGS.register(name, options=<dataclass>, reference=..., summary=...,
+library=..., gradients=..., rep_grad=...)`` in its own file; an architecture with ``@ARCHITECTURES.register(name,
+options=..., shared=...)``. Every module of :mod:`mtlbench.methods` is imported by the package, so adding a
+method is adding its file. Traits (keyword arguments beyond the entry's fields):
+
+- weighting ``gradients`` (bool): it combines per-task gradients of the shared parameters (or of the shared
+  representation), so it needs parameters that two or more tasks use; loss-level methods (EW, UW, DWA...) do not.
+- weighting ``rep_grad`` (bool): it works on gradients of the shared representation (LibMTL's GradDrop).
+- architecture ``shared`` (bool, default True): some parameters are used by two or more tasks.
+"""
+
+from __future__ import annotations
+
+from mtlbench.registry import Entry, Registry
+
+#: The FastCAR paper's grid (sec. 4.1), in its figures' order: what ``"paper"`` selects in a sweep spec.
+PAPER_ARCHITECTURES = ("HPS", "Cross_stitch", "MMoE", "MTAN", "CGC", "LTB")
+PAPER_WEIGHTINGS = ("EW", "GradNorm", "MGDA-loss", "MGDA-loss+", "MGDA-l2", "UW", "DWA", "GLS", "GradDrop", "PCGrad",
+                    "GradVac", "IMTL", "CAGrad", "Nash-MTL", "RLW", "MoCo", "Aligned-MTL")
+
+ARCHITECTURES: Registry = Registry("architecture", groups={"paper": PAPER_ARCHITECTURES})
+WEIGHTINGS: Registry = Registry("weighting", groups={"paper": PAPER_WEIGHTINGS})
+
+
+def not_applicable(architecture: Entry, weighting: Entry) -> str | None:
+    """Why ``weighting`` cannot train ``architecture`` (a cell recorded as not applicable), or None when it can."""
+    if weighting.trait("gradients", False) and not architecture.trait("shared", True):
+        return (f"{architecture.name} shares no parameters between tasks, and {weighting.name} combines per-task "
+                f"gradients of shared parameters")
+    return None
