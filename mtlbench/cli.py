@@ -257,7 +257,8 @@ def sweep(
 # -- list ---------------------------------------------------------------------------------------------------------
 @app.command("list")
 def list_methods() -> None:
-    """The architectures, weightings, decoders and executors, with their papers and default hyper-parameters."""
+    """The architectures, weightings, decoders and executors, with their papers, who implements each, and their
+    default hyper-parameters."""
     from mtlbench.methods.architectures import ARCHITECTURES
     from mtlbench.methods.weightings import WEIGHTINGS
     from mtlbench.models.decoders import DECODERS
@@ -265,10 +266,10 @@ def list_methods() -> None:
 
     for registry in (ARCHITECTURES, WEIGHTINGS, DECODERS, EXECUTORS):
         t = Table(title=f"{registry.kind}s ({len(registry)})", show_lines=False)
-        for col in ("name", "what", "reference", "defaults"):
+        for col in ("name", "what", "reference", "implemented by", "defaults"):
             t.add_column(col, overflow="fold")
         for e in registry:
-            t.add_row(e.name, e.summary, e.reference, ", ".join(
+            t.add_row(e.name, e.summary, e.reference, e.library or "mtlbench", ", ".join(
                 f"{k}={v}" + (f" (one of {'|'.join(map(str, e.choices[k]))})" if k in e.choices else "")
                 for k, v in e.defaults.items()))
         console.print(t)

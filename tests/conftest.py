@@ -71,7 +71,7 @@ def small_spec(tmp_path: Path, data: Path, *, weightings='["EW", "UW", "DWA", "R
 
 @pytest.fixture(scope="session")
 def smoke_results(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Path:
-    """The shipped smoke sweep (all 204 cells + FastCAR), run once per session through the real CLI."""
+    """The shipped smoke sweep (every registered cell + FastCAR), run once per session through the real CLI."""
     out = tmp_path_factory.mktemp("smoke") / "results"
     proc = run_cli("sweep", "smoke", "--out", str(out), cache=cache_dir, timeout=3000)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

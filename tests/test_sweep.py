@@ -13,6 +13,7 @@ import pytest
 
 from conftest import REPO, run_cli, small_spec
 from mtlbench.errors import ConfigError
+from mtlbench.methods.registry import ARCHITECTURES, WEIGHTINGS
 from mtlbench.records.store import ResultsStore, StoreError
 from mtlbench.sweep.runner import run_sweep
 from mtlbench.sweep.spec import load_spec, matches, parse_filters, parse_spec
@@ -20,7 +21,8 @@ from mtlbench.sweep.spec import load_spec, matches, parse_filters, parse_spec
 
 def test_shipped_specs_parse():
     smoke, demo, paper = load_spec("smoke"), load_spec("demo"), load_spec("paper")
-    assert len(smoke.cells()) == len(demo.cells()) == len(paper.cells()) == 205
+    assert len(demo.cells()) == len(paper.cells()) == 205   # the paper's 6 x 17 x 2 + FastCAR
+    assert len(smoke.cells()) == len(ARCHITECTURES) * len(WEIGHTINGS) * 2 + 1   # every registered cell
     assert paper.protocol.img_size == 224 and paper.protocol.epochs == 100 and paper.data["source"] == "steel"
     assert [c.kind for c in smoke.cells()].count("fastcar") == 1
 
