@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from mtlbench.atomic import write_text_atomic
 from mtlbench.errors import DataError
 
 from .table import ImageTable
@@ -126,11 +127,7 @@ def decode_images(table: ImageTable, side: int, cache_dir: str | os.PathLike | N
             "fingerprint": table.fingerprint(),
             "side": side,
         }
-        fd, tmp_side = tempfile.mkstemp(prefix=f".{sidecar.name}.", suffix=".tmp", dir=sidecar.parent)
-        with os.fdopen(fd, "w") as fh:
-            json.dump(meta, fh)
-        os.chmod(tmp_side, 0o644)
-        os.replace(tmp_side, sidecar)
+        write_text_atomic(sidecar, json.dumps(meta))
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -30,6 +30,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from mtlbench.atomic import atomic_path, fsync_dir, write_text_atomic
 from mtlbench.errors import MtlbenchError
 from mtlbench import faults
 from mtlbench.records.schema import SCHEMA_VERSION, TABLES, empty, to_arrow
@@ -41,21 +42,9 @@ class StoreError(MtlbenchError):
     """The results folder cannot be used (not writable, incompatible, locked)."""
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_parquet_atomic(table: pa.Table, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
 
 
 class ResultsStore:
@@ -86,9 +75,7 @@ class ResultsStore:
             self.root.mkdir(parents=True, exist_ok=True)
             meta = self.root / META
             if not meta.exists():   # first, so a folder with cells always says its schema
-                tmp = self.root / f".{META}.{uuid.uuid4().hex}"
-                tmp.write_text(json.dumps({"schema_version": SCHEMA_VERSION}))
-                os.replace(tmp, meta)
+                write_text_atomic(meta, json.dumps({"schema_version": SCHEMA_VERSION}))
             self.cells_dir.mkdir(exist_ok=True)
             probe = self.root / f".write-probe-{uuid.uuid4().hex}"
             probe.write_text("")
@@ -147,7 +134,7 @@ class ResultsStore:
                 rows = tables.get(name, [])
                 if rows or name == "runs":
                     pq.write_table(to_arrow(name, rows), tmp / f"{name}.parquet")
-            _fsync_dir(tmp)
+            fsync_dir(tmp)
             final = self.cell_dir(run_id)
             if final.exists():  # --force: move the old result aside first so the swap is never half-done
                 trash = self.cells_dir / f".old.{run_id}.{uuid.uuid4().hex}"
@@ -156,7 +143,7 @@ class ResultsStore:
                 shutil.rmtree(trash, ignore_errors=True)
             else:
                 os.rename(tmp, final)
-            _fsync_dir(self.cells_dir)
+            fsync_dir(self.cells_dir)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

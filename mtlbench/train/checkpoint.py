@@ -9,10 +9,8 @@ folder; it is loaded with ``weights_only=False`` because it holds NumPy and ``ra
 
 from __future__ import annotations
 
-import os
 import random
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,7 @@ import torch
 from torch import nn
 
 from mtlbench import faults
+from mtlbench.atomic import atomic_path
 from mtlbench.errors import MtlbenchError
 
 FORMAT = 1
@@ -115,23 +114,9 @@ def load_rng_state(generator: torch.Generator, state: dict[str, Any]) -> None:
 def save(path: Path, payload: dict[str, Any], *, cell: str = "", epoch: int = 0) -> float:
     """Write ``payload`` atomically; returns the seconds it took. A crash leaves the previous checkpoint intact."""
     t0 = time.perf_counter()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            torch.save({"format": FORMAT, **payload}, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
+    with atomic_path(path) as tmp:
+        torch.save({"format": FORMAT, **payload}, tmp)
         faults.hit("checkpoint_write", cell=cell, epoch=epoch)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
     return time.perf_counter() - t0
 
 
