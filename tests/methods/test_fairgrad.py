@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 from torchjd.aggregation import FairGradWeighting
 
 from mtlbench.methods.fairgrad import FAIRGRAD_DEFAULTS, FairGrad
-from mtlbench.models.mtl import build_mtl_model
 
 CPU = torch.device("cpu")
 
@@ -48,16 +46,6 @@ def test_alpha_zero_is_equal_weighting():
     torch.testing.assert_close(FairGrad().weights_for(G, FairGrad_alpha=0.0), torch.full((3,), 1 / 3))
 
 
-def test_end_to_end_step():
-    torch.manual_seed(0)
-    built = build_mtl_model("HPS", "FairGrad", "decoder1", num_classes=3, img_size=32, device=CPU)
-    model = built.module.train()
-    x, labels, targets = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 0]), torch.randn(4)
-    out = model(x)
-    losses = torch.stack([nn.functional.cross_entropy(out["cls"], labels),
-                          nn.functional.mse_loss(out["reg"].reshape(-1), targets)])
-    model.zero_grad(set_to_none=True)
-    w = model.backward(losses, **built.backward_kwargs)
+def test_end_to_end_step(hps_step):
+    w, model = hps_step("FairGrad")
     assert w.shape == (2,) and torch.isfinite(w).all()
-    grads = [p.grad for p in model.encoder.parameters() if p.grad is not None]
-    assert grads and all(torch.isfinite(g).all() for g in grads)

@@ -9,7 +9,6 @@ from torchjd.aggregation import UPGradWeighting
 
 from mtlbench.methods.torchjd_adapter import TorchDualConeProjector
 from mtlbench.methods.upgrad import UPGRAD_DEFAULTS, UPGrad
-from mtlbench.models.mtl import build_mtl_model
 
 CPU = torch.device("cpu")
 
@@ -58,19 +57,9 @@ def test_weighting_built_once_with_first_options():
     assert m.torchjd_weighting() is first and first.projector.reg_eps == 1e-3
 
 
-def test_end_to_end_step():
-    torch.manual_seed(0)
-    built = build_mtl_model("HPS", "UPGrad", "decoder1", num_classes=3, img_size=32, device=CPU)
-    model = built.module.train()
-    x, labels, targets = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 0]), torch.randn(4)
-    out = model(x)
-    losses = torch.stack([nn.functional.cross_entropy(out["cls"], labels),
-                          nn.functional.mse_loss(out["reg"].reshape(-1), targets)])
-    model.zero_grad(set_to_none=True)
-    w = model.backward(losses, **built.backward_kwargs)
+def test_end_to_end_step(hps_step):
+    w, model = hps_step("UPGrad")
     assert w.shape == (2,) and torch.isfinite(w).all()
-    grads = [p.grad for p in model.encoder.parameters() if p.grad is not None]
-    assert grads and all(torch.isfinite(g).all() for g in grads)
 
 
 def test_rep_grad_step():
