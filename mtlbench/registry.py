@@ -173,7 +173,7 @@ class Registry(Generic[T]):
     def __iter__(self) -> Iterator[Entry[T]]:
         first = [n.lower() for names in self.groups.values() for n in names]
         rank = {n: i for i, n in enumerate(dict.fromkeys(first))}
-        keys = sorted(self._entries, key=lambda k: (rank.get(k, len(rank)), list(self._entries).index(k)))
+        keys = sorted(self._entries, key=lambda k: rank.get(k, len(rank)))   # stable: ties keep registration order
         return iter(self._entries[k] for k in keys)
 
     def __len__(self) -> int:
