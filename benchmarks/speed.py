@@ -37,8 +37,10 @@ from mtlbench.fastcar.transform import LabelTransform
 from mtlbench.libmtl_compat import libmtl_architecture as A, libmtl_weighting as W
 from mtlbench.models.decoders import build_decoder
 from mtlbench.models.encoder import EncoderFactory
-from mtlbench.models.mtl import Regressor, build_mtl_model
-from mtlbench.train.learners import FastCARLearner, MTLLearner
+from mtlbench.fastcar.learner import FastCARLearner
+from mtlbench.fastcar.model import Regressor
+from mtlbench.models.mtl import build_mtl_model
+from mtlbench.train.learners import MTLLearner
 from mtlbench.train.loop import make_adam
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from mtlbench.data import DeviceData
 from mtlbench.environment import resolve_device
-from mtlbench.models.mtl import Regressor
+from mtlbench.fastcar.model import Regressor
 from mtlbench.train.learners import autocast_for
 from mtlbench.train.loop import make_adam, sync
 

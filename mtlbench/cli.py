@@ -59,12 +59,13 @@ def data_info(
     cache_dir: Optional[Path] = typer.Option(None, envvar="MTLBENCH_CACHE", help="cache folder"),
 ) -> None:
     """Per-split, per-class image counts, target min / mean / max, and the data checks' findings."""
-    from mtlbench.data import resolve_dataset, summarize
+    from mtlbench.data import summarize
     from mtlbench.data.checks import check_report
+    from mtlbench.data.load import DataRef, load_data
 
-    with warnings.catch_warnings():   # the checks' section below lists them, after the counts
-        warnings.simplefilter("ignore", DataWarning)
-        table = resolve_dataset(path, cache_dir=_cache(cache_dir), allow_overlap=allow_overlap, batch_size=batch_size)
+    ref = DataRef(path, {"allow_overlap": True} if allow_overlap else {}, cache_dir=_cache(cache_dir))
+    # the checks' section below lists the warnings, after the counts
+    table, _ = load_data(ref, batch_size=batch_size, show_warnings=False)
     frame = summarize(table)
     out = Table(title=f"{table.name} ({len(table.frame)} images, {table.num_classes} classes, "
                       f"fingerprint {table.fingerprint()})")
@@ -135,12 +136,12 @@ def fastcar(
     """Run FastCAR: label transformation, one-epoch test, single-task ResNet-18 regressor, inverse transform.
 
     Through the sweep driver: a finished run is skipped, an interrupted one resumes from its checkpoint."""
-    from mtlbench.config import FastCARSettings, Protocol
+    from mtlbench.config import FastCARSettings, TrainingProtocol
     from mtlbench.sweep.runner import run_sweep
     from mtlbench.sweep.spec import SweepSpec
     from mtlbench.ui import RichSweepUI, result_table
 
-    protocol = Protocol(epochs=epochs, batch_size=batch_size, img_size=img_size, pretrained=pretrained,
+    protocol = TrainingProtocol(epochs=epochs, batch_size=batch_size, img_size=img_size, pretrained=pretrained,
                         device=device, max_steps_per_epoch=max_steps, amp=amp, channels_last=channels_last,
                         compile=compile, checkpoint_every=checkpoint_every)
     spec = SweepSpec(name="fastcar", data={"source": data, **({"allow_overlap": True} if allow_overlap else {})},
@@ -193,55 +194,33 @@ def sweep(
     cache_dir: Optional[Path] = typer.Option(None, envvar="MTLBENCH_CACHE", help="cache folder"),
 ) -> None:
     """Train the grid of architectures x weightings x decoders (and FastCAR) from a spec; resumable."""
-    from mtlbench.records.store import ResultsStore
     from mtlbench.sweep.executors import EXECUTORS
-    from mtlbench.sweep.runner import PlannedCell, plan_sweep, run_sweep
-    from mtlbench.sweep.spec import load_spec, matches, parse_filters
+    from mtlbench.sweep.runner import dry_run as plan_only, run_sweep
+    from mtlbench.sweep.spec import load_spec, parse_filters
     from mtlbench.ui import RichSweepUI, result_table
 
-    s = load_spec(spec)
-    if data is not None:
-        s = s.with_source(data)
-    if allow_overlap:   # a data option like the spec's, so it reaches every worker that loads the data
-        from dataclasses import replace
-
-        s = replace(s, data={**s.data, "allow_overlap": True})
+    s = load_spec(spec).with_overrides(source=data, allow_overlap=allow_overlap, device=device,
+                                       checkpoint_every=checkpoint_every)
     filters = parse_filters(only)
     EXECUTORS.entry(executor)
     target = out or Path("results") / s.name
     if dry_run:
-        from mtlbench.data import resolve_dataset
-
-        table = resolve_dataset(str(s.data["source"]), cache_dir=_cache(cache_dir),
-                                table_options={k: v for k, v in s.data.items() if k != "source"} or None,
-                                batch_size=s.protocol.batch_size)
-        from mtlbench.train.checkpoint import CheckpointPolicy
-
-        if target.exists():
-            store = ResultsStore(target)
-            cells = plan_sweep(s, store, table.fingerprint(), filters=filters, force=force,
-                               retry_failed=retry_failed, read_status=True).cells
-            policy = CheckpointPolicy(checkpoint_dir or store.checkpoints_dir)
-        else:  # nothing written yet: plan without creating the results folder
-            cells = [PlannedCell(c, c.run_id(table.fingerprint()), False) for c in s.cells()
-                     if not filters or matches(c, filters)]
-            policy = CheckpointPolicy(checkpoint_dir) if checkpoint_dir else None
+        cells = plan_only(s, target, filters=filters, force=force, retry_failed=retry_failed,
+                          cache_dir=_cache(cache_dir), checkpoint_dir=checkpoint_dir).cells
         t = Table(title=f"sweep {s.name}: {len(cells)} cells, {sum(c.done for c in cells)} finished")
         for col in ("#", "run", "done", "recorded", "checkpoint"):
             t.add_column(col)
         for i, c in enumerate(cells, 1):
-            resumable = policy is not None and policy.path(c.run_id).exists() and not c.done
             t.add_row(str(i), c.config.label, "yes" if c.done else "", c.recorded or "",
-                      "resumes from it" if resumable and not force else "")
+                      "resumes from it" if c.resumable else "")
         console.print(t)
         return
     options = {"workers": workers, "workers_per_gpu": workers_per_gpu, "address": address,
                "gpus": [int(g) for g in gpus.split(",")] if gpus else None, "cpus_per_cell": cpus_per_cell}
     outcome = run_sweep(s, target, filters=filters, force=force, retry_failed=retry_failed, executor=executor,
-                        executor_options=options, device=device, cache_dir=_cache(cache_dir),
-                        ui=RichSweepUI(console, s.protocol.epochs), checkpoint_every=checkpoint_every,
-                        keep_checkpoints=keep_checkpoints, checkpoint_dir=checkpoint_dir,
-                        resume_diverged=resume_diverged)
+                        executor_options=options, cache_dir=_cache(cache_dir),
+                        ui=RichSweepUI(console, s.protocol.epochs), keep_checkpoints=keep_checkpoints,
+                        checkpoint_dir=checkpoint_dir, resume_diverged=resume_diverged)
     rows = [r.row for r in outcome.results]
     if rows:
         shown = sorted(rows, key=lambda r: (r["kind"] != "fastcar", -(r.get("best_accuracy") or -1)))
@@ -249,7 +228,9 @@ def sweep(
     c = outcome.counts()
     console.print(f"{len(outcome.plan.cells)} cells: {len(outcome.plan.done)} were finished before, ran "
                   f"{len(rows)}: [green]{c['ok']} ok[/], [red]{c['failed']} failed[/], "
-                  f"[yellow]{c['diverged']} diverged[/]. Results in [bold]{target}[/]")
+                  f"[yellow]{c['diverged']} diverged[/]"
+                  + (f", {c['not_applicable']} not applicable" if c["not_applicable"] else "")
+                  + f". Results in [bold]{target}[/]")
     if not outcome.all_ok:
         raise typer.Exit(1)
 
@@ -297,6 +278,96 @@ def report(
     for line in result.missing:
         console.print(f"[yellow]note:[/] {line}")
     console.print(f"report written to [bold]{result.out_dir}[/] ({len(result.files)} files; open report.html)")
+
+
+# -- recommend ----------------------------------------------------------------------------------------------------
+@app.command()
+def recommend(
+    results: List[Path] = typer.Argument(..., help="one or more results folders (merged) holding the two-task "
+                                         "models Tree-b0 .. Tree-b4 and HPS (branch points b = 0 .. 5)"),
+    weighting: str = typer.Option("EW", help="the weighting whose pair runs build the pair table"),
+    decoder: str = typer.Option("decoder1", help="the decoder whose pair runs build the pair table"),
+    target_scaling: str = typer.Option("none", help="the target scaling of the pair runs: none or standard"),
+    budget_backbones: Optional[float] = typer.Option(None, "--budget-backbones", help="budget C: backbone MACs <= "
+                                                     "C x one ResNet-18 trunk (2 = independent models)"),
+    max_gmacs: Optional[float] = typer.Option(None, "--max-gmacs", help="budget: backbone MACs <= G x 1e9, at the "
+                                              "runs' image side"),
+    max_mparams: Optional[float] = typer.Option(None, "--max-mparams", help="budget: backbone parameters <= "
+                                                "P x 1e6"),
+    top_k: int = typer.Option(3, "--top-k", help="recommend (and with --verify train) the K best layouts that fit"),
+    blocks: str = typer.Option("coarse", help="branching blocks: coarse (stem + 4 ResNet stages) or fine (stem + "
+                               "8 basic blocks; needs a pair table with fine branch points)"),
+    cls_metrics: str = typer.Option("accuracy", help="validation metrics of task cls, comma-separated: accuracy"),
+    reg_metrics: str = typer.Option("mae,mape", help="validation metrics of task reg, comma-separated: mae, "
+                                    "mape, mse (lower is better)"),
+    plan: bool = typer.Option(False, "--plan", help="list the two-task cells still missing and write them as a "
+                              "sweep spec (<out>/treemtl/plan.toml) for `mtlbench sweep`; rank nothing"),
+    verify: bool = typer.Option(False, "--verify", help="train the recommended layouts with an unused seed into "
+                                "the first results folder and report the Spearman and Pearson correlations of "
+                                "predicted and trained scores"),
+    data: str = typer.Option("default", help="data set of --plan's spec and of --verify's runs (the pair runs' "
+                             "data: " + DATA_HELP + ")"),
+    device: Optional[str] = typer.Option(None, help="--verify: override the runs' device (auto, cpu, cuda, cuda:N)"),
+    out: Optional[Path] = typer.Option(None, help="tables go to <out>/treemtl/; default: the first results folder"),
+    cache_dir: Optional[Path] = typer.Option(None, envvar="MTLBENCH_CACHE", help="cache folder"),
+) -> None:
+    """TreeMTL's architecture recommender: the pair table from trained two-task models, layouts ranked by their
+    estimated accuracy under a compute budget, and optionally trained to check the ranking.
+
+    Writes pair_table.parquet, task_weights.parquet and recommendations.parquet into <out>/treemtl/."""
+    from mtlbench.treemtl import from_results as fr
+    from mtlbench.treemtl.display import (correlation_lines, pair_rich_table, ranking_rich_table,
+                                          weights_rich_table)
+
+    budget = fr.Budget(backbones=budget_backbones, gmacs=max_gmacs, mparams=max_mparams)
+    if blocks not in fr.BLOCKS:
+        raise ConfigError(f"--blocks must be one of {', '.join(fr.BLOCKS)}, got {blocks!r}")
+    if top_k < 1:
+        raise ConfigError(f"--top-k must be a positive integer, got {top_k}")
+    metrics = fr.parse_metrics(cls_metrics, reg_metrics)
+    target = out or results[0]
+    sel = fr.select_runs(results, weighting, decoder, target_scaling, allow_empty=plan)
+    for line in sel.notes:
+        console.print(f"[yellow]note:[/] {escape(line)}", highlight=False, soft_wrap=True)
+    n_cells = len(fr.COARSE_ARCHITECTURES) * len(sel.seeds)
+    console.print(f"pair runs of {sel.label}: {n_cells - len(sel.missing)} of {n_cells} cells finished ok "
+                  f"(6 models x seeds {', '.join(map(str, sel.seeds))})", highlight=False)
+    for cell in sel.missing:
+        console.print(f"[yellow]missing:[/] {escape(cell.describe())}", highlight=False, soft_wrap=True)
+    if plan:
+        path = fr.write_plan(sel, target, data)
+        if path is None:
+            console.print("nothing is missing: no plan written")
+        else:
+            console.print(f"plan written to [bold]{path}[/] ({escape(sel.protocol_source)}); run it with "
+                          f"`mtlbench sweep {path} --out {results[0]}`", highlight=False, soft_wrap=True)
+        return
+    pair = fr.build_pair_table(sel, metrics)
+    console.print(pair_rich_table(pair))
+    fr.write_tables(target, pair)   # the pair table even when the ranking below cannot be made
+    ranking = fr.rank_layouts(pair, budget=budget, top_k=top_k, blocks=blocks)
+    console.print(weights_rich_table(ranking))
+    if not ranking.recommended:
+        fr.write_tables(target, pair, ranking)
+        console.print(ranking_rich_table(ranking))
+        raise ConfigError(f"no layout fits the budget {ranking.budget.label} (the cheapest, HPS, needs "
+                          f"{ranking.one_backbone_macs / 1e9:.3g} GMACs, {ranking.one_backbone_params / 1e6:.3g} M "
+                          f"params)")
+    if len(ranking.recommended) < top_k:
+        console.print(f"[yellow]note:[/] only {len(ranking.recommended)} layout(s) fit the budget "
+                      f"{ranking.budget.label}, fewer than --top-k {top_k}", highlight=False)
+    verification = None
+    if verify:
+        from mtlbench.ui import RichSweepUI
+
+        verification = fr.verify(pair, ranking, results[0], data=data, cache_dir=_cache(cache_dir), device=device,
+                                 ui=RichSweepUI(console, sel.protocol.epochs))
+    console.print(ranking_rich_table(ranking, verification))
+    if verification is not None:
+        for line in correlation_lines(verification):
+            console.print(escape(line), highlight=False, soft_wrap=True)
+    paths = fr.write_tables(target, pair, ranking, verification)
+    console.print(f"tables written to [bold]{paths[0].parent}[/]: {', '.join(p.name for p in paths)}")
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001

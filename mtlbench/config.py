@@ -14,7 +14,7 @@ TARGET_SCALINGS = ("none", "standard")
 
 
 @dataclass(frozen=True)
-class Protocol:
+class TrainingProtocol:
     """Training protocol shared by FastCAR and every MTL cell (FastCAR paper, sec. 4.1)."""
 
     epochs: int = 100
@@ -68,12 +68,21 @@ class FastCARSettings:
             raise ConfigError(f"fastcar.max_attempts must be >= 1, got {self.max_attempts}")
 
 
+def cell_name(architecture: str | None, weighting: str | None = None, decoder: str | None = None,
+              scaling: str | None = None) -> str:
+    """The one display name of a run: ``HPS+EW/decoder1`` (``/standard`` added where a target scaling tells cells
+    apart; ``HPS+EW`` across decoders), or ``FastCAR`` (``architecture`` None). Fault-injection points match it."""
+    if architecture is None:
+        return "FastCAR"
+    return "/".join([f"{architecture}+{weighting}", *(part for part in (decoder, scaling) if part)])
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """One run: FastCAR (``kind='fastcar'``) or one MTL grid cell (``kind='mtl'``)."""
 
     kind: Literal["fastcar", "mtl"]
-    protocol: Protocol = field(default_factory=Protocol)
+    protocol: TrainingProtocol = field(default_factory=TrainingProtocol)
     seed: int = 0
     architecture: str | None = None
     weighting: str | None = None
@@ -93,17 +102,18 @@ class RunConfig:
     @property
     def cell_name(self) -> str:
         """``HPS+EW/decoder1`` or ``FastCAR``: the short name fault-injection points match."""
-        return "FastCAR" if self.kind == "fastcar" else f"{self.architecture}+{self.weighting}/{self.decoder}"
+        return cell_name(None) if self.kind == "fastcar" else cell_name(self.architecture, self.weighting, self.decoder)
 
     @property
     def label(self) -> str:
+        """The display name with what else tells runs apart: ``HPS+EW/decoder1/none seed=0``."""
         if self.kind == "fastcar":
-            return f"FastCAR seed={self.seed}"
-        return f"{self.architecture}+{self.weighting}/{self.decoder} {self.target_scaling} seed={self.seed}"
+            return f"{cell_name(None)} seed={self.seed}"
+        return f"{cell_name(self.architecture, self.weighting, self.decoder, self.target_scaling)} seed={self.seed}"
 
     def identity(self) -> dict[str, Any]:
         d = asdict(self)
-        for key in Protocol.NON_IDENTITY:
+        for key in TrainingProtocol.NON_IDENTITY:
             d["protocol"].pop(key, None)
         return d
 
@@ -120,16 +130,16 @@ class RunConfig:
     @staticmethod
     def from_json(text: str) -> "RunConfig":
         d = json.loads(text)
-        d["protocol"] = Protocol(**d["protocol"])
+        d["protocol"] = TrainingProtocol(**d["protocol"])
         if d.get("fastcar") is not None:
             d["fastcar"] = FastCARSettings(**d["fastcar"])
         return RunConfig(**d)
 
 
-def protocol_from_dict(values: dict[str, Any], base: Protocol | None = None, where: str = "protocol") -> Protocol:
-    """Build a Protocol from user input, naming an unknown key and the allowed ones."""
-    allowed = {f.name for f in fields(Protocol)}
+def protocol_from_dict(values: dict[str, Any], base: TrainingProtocol | None = None, where: str = "protocol") -> TrainingProtocol:
+    """Build a TrainingProtocol from user input, naming an unknown key and the allowed ones."""
+    allowed = {f.name for f in fields(TrainingProtocol)}
     for key in values:
         if key not in allowed:
             raise ConfigError(f"unknown key {where}.{key}; allowed: {', '.join(sorted(allowed))}")
-    return replace(base or Protocol(), **values)
+    return replace(base or TrainingProtocol(), **values)

@@ -9,8 +9,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from mtlbench.config import RunConfig
-from mtlbench.runs import CellResult
+from mtlbench.config import RunConfig, cell_name
+from mtlbench.run_record import CellResult
 from mtlbench.sweep.runner import Plan, SweepOutcome, SweepUI
 
 
@@ -31,12 +31,13 @@ def result_table(rows: list[dict], title: str) -> Table:
         # The run name stays whole when the console is narrow; the number columns give way first.
         table.add_column(col, justify=justify, no_wrap=col == "run")  # type: ignore[arg-type]
     for r in rows:
-        name = "FastCAR" if r["kind"] == "fastcar" else f"{r['architecture']}+{r['weighting']}/{r['decoder']}"
-        if r.get("target_scaling") not in (None, "none") and r["kind"] != "fastcar":
-            name += f" {r['target_scaling']}"   # what tells apart cells of a target_scaling / seed axis
+        # a scaling other than none tells apart the cells of a target_scaling axis
+        scaling = r.get("target_scaling") if r.get("target_scaling") not in (None, "none") else None
+        name = cell_name(None if r["kind"] == "fastcar" else r["architecture"], r.get("weighting"), r.get("decoder"),
+                         scaling)
         if r.get("seed") not in (None, 0):
             name += f" seed {r['seed']}"
-        colour = {"ok": "green", "failed": "red", "diverged": "yellow"}.get(r["status"], "white")
+        colour = {"ok": "green", "failed": "red", "diverged": "yellow", "not_applicable": "dim"}.get(r["status"], "white")
         table.add_row(name, f"[{colour}]{r['status']}[/]", _fmt(r.get("best_accuracy")), _fmt(r.get("best_mape")),
                       _fmt(r.get("best_mse"), 1), _fmt(r.get("best_mae")), _fmt(r.get("best_within8"), 1),
                       _fmt(r.get("best_epoch")), _fmt(r.get("total_s"), 1))
@@ -50,7 +51,7 @@ class RichSweepUI(SweepUI):
     def __init__(self, console: Console, epochs: int) -> None:
         self.console = console
         self.epochs = epochs
-        self.counts = {"ok": 0, "failed": 0, "diverged": 0}
+        self.counts = {"ok": 0, "failed": 0, "diverged": 0, "not_applicable": 0}
         self.bars = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                              TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
                              console=console)
@@ -65,7 +66,8 @@ class RichSweepUI(SweepUI):
 
     def _counts(self) -> str:
         c = self.counts
-        return f"[green]ok {c['ok']}[/] [red]failed {c['failed']}[/] [yellow]diverged {c['diverged']}[/]"
+        text = f"[green]ok {c['ok']}[/] [red]failed {c['failed']}[/] [yellow]diverged {c['diverged']}[/]"
+        return text + (f" [dim]n/a {c['not_applicable']}[/]" if c["not_applicable"] else "")
 
     def cell_start(self, cfg: RunConfig) -> None:
         self.cells[cfg.label] = self.bars.add_task(cfg.label[:48], total=self.epochs, info="")
@@ -87,7 +89,9 @@ class RichSweepUI(SweepUI):
         self.counts[result.status] = self.counts.get(result.status, 0) + 1
         self.bars.advance(self.overall)
         self.bars.update(self.overall, info=self._counts())
-        if result.status != "ok":
+        if result.status == "not_applicable":
+            pass   # counted on the sweep's bar; the reason is in the record and the report
+        elif result.status != "ok":
             self.bars.console.print(f"[red]{result.status}[/] {result.run_id}: {result.message}")
         elif result.row.get("resumed_from_epoch"):
             self.bars.console.print(f"resumed {result.run_id} from its epoch-{result.row['resumed_from_epoch']} "

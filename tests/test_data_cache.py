@@ -122,3 +122,31 @@ def test_real_tif_and_jpg_decode_to_rgb(tmp_path: Path):
     small = decode_images(table, 32, tmp_path)
     assert small.shape == (6, 3, 32, 32)
     assert (small.float().mean() - native.float().mean()).abs() < 3
+
+
+def test_interrupted_decode_keeps_the_previous_file_and_leaves_no_temporary(data: Path, tmp_path: Path, monkeypatch):
+    cache = tmp_path / "cache"
+    table = read_published(data)
+    decode_images(table, 24, cache)
+    raw = cache / "images" / f"{table.fingerprint()}-24px.u8"
+    raw.write_bytes(b"stale")  # wrong size: the next call decodes again
+    calls = []
+
+    def failing(path: str, side: int) -> np.ndarray:
+        calls.append(path)
+        if len(calls) > 3:
+            raise RuntimeError("interrupted")
+        return np.zeros((3, side, side), np.uint8)
+
+    monkeypatch.setattr("mtlbench.data.cache.decode_one", failing)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        decode_images(table, 24, cache)
+    assert raw.read_bytes() == b"stale"
+    assert _files(cache) == [raw.with_suffix(".json").name, raw.name]
+
+
+def test_unwritable_cache_decodes_into_memory(data: Path, tmp_path: Path):
+    blocker = tmp_path / "cache"
+    blocker.write_text("a file where the cache folder should be")
+    pixels = decode_images(read_published(data), 24, blocker)
+    assert pixels.shape == (30, 3, 24, 24) and blocker.read_text().startswith("a file")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import tarfile
 import zipfile
@@ -13,6 +14,8 @@ from mtlbench.data import DEFAULT_URL, fetch, read_published, write_synthetic
 from mtlbench.errors import DataError
 
 TOP = "Advanced-Steel-Property-Dataset-main"
+# The module itself: ``mtlbench.data.fetch`` as an attribute is the function re-exported by the package.
+FETCH = importlib.import_module("mtlbench.data.fetch")
 
 
 @pytest.fixture(scope="module")
@@ -113,3 +116,33 @@ def test_missing_local_archive(tmp_path: Path):
 
 def test_default_url():
     assert DEFAULT_URL == "https://github.com/fastcandr/Advanced-Steel-Property-Dataset/archive/refs/heads/main.zip"
+
+
+def test_failure_midway_keeps_the_installed_copy_and_leaves_nothing(synthetic: Path, tmp_path: Path, monkeypatch):
+    archive = _zip(synthetic, tmp_path / "main.zip")
+    dest = tmp_path / "cache" / "steel"
+    fetch(archive.as_uri(), dest, progress=False, expected_images=24)
+    before = sorted(str(p.relative_to(dest)) for p in dest.rglob("*"))
+
+    def interrupted(folder: Path, url: str) -> Path:
+        raise KeyboardInterrupt  # e.g. Ctrl-C after the archive is unpacked
+
+    monkeypatch.setattr(FETCH, "find_dataset_root", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        fetch(archive.as_uri(), dest, progress=False, expected_images=24, force=True)
+    assert sorted(str(p.relative_to(dest)) for p in dest.rglob("*")) == before
+    assert _leftovers(dest.parent) == ["steel"]
+
+
+def test_interrupted_download_leaves_no_partial_file(synthetic: Path, tmp_path: Path, monkeypatch):
+    archive = _zip(synthetic, tmp_path / "main.zip")
+
+    def half(src, dst_path: Path, total, progress, label) -> None:
+        Path(dst_path).write_bytes(src.read(100))
+        raise ConnectionResetError("reset midway")
+
+    monkeypatch.setattr(FETCH, "_copy_stream", half)
+    target = tmp_path / "dl" / "main.zip"
+    with pytest.raises(ConnectionResetError):
+        FETCH.download(archive.as_uri(), target, progress=False)
+    assert _leftovers(target.parent) == []

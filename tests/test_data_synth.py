@@ -123,3 +123,24 @@ def test_overwrite_and_other_class_counts(tmp_path: Path):
     table = read_published(out)
     assert table.num_classes == 8 and len(table.split("train")) == 16
     assert [p.name for p in tmp_path.iterdir()] == ["o"]  # no temporary folders left behind
+
+
+def test_failure_midway_leaves_no_partial_folder(tmp_path: Path, monkeypatch):
+    import mtlbench.data.synth as synth
+
+    write_sheet = synth._write_sheet
+
+    def failing(path: Path, rows: list[tuple]) -> None:
+        if path.name == "validset.xlsx":
+            raise RuntimeError("interrupted")
+        write_sheet(path, rows)
+
+    out = write_synthetic(tmp_path / "o", per_class=(1, 1, 1), image_size=16, num_classes=2)
+    before = _digest(out)
+    monkeypatch.setattr(synth, "_write_sheet", failing)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        write_synthetic(tmp_path / "new", per_class=(1, 1, 1), image_size=16)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        write_synthetic(out, per_class=(2, 1, 1), image_size=16, overwrite=True)
+    assert _digest(out) == before  # the previous data set is untouched
+    assert [p.name for p in tmp_path.iterdir()] == ["o"]

@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from conftest import run_cli
-from mtlbench.config import FastCARSettings, Protocol, RunConfig
+from mtlbench.config import FastCARSettings, TrainingProtocol, RunConfig
 from mtlbench.data import DeviceData, read_published
 from mtlbench.records.schema import TABLES
-from mtlbench.runs import run_fastcar
+from mtlbench.runs import run_cell
 
-PROTO = Protocol(epochs=2, batch_size=8, img_size=32, max_steps_per_epoch=3, latency_repeats=1)
+PROTO = TrainingProtocol(epochs=2, batch_size=8, img_size=32, max_steps_per_epoch=3, latency_repeats=1)
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +27,7 @@ def tiny(tiny_data, cache_dir):
 def _search(tiny, **settings):
     table, data = tiny
     cfg = RunConfig(kind="fastcar", protocol=PROTO, seed=0, fastcar=FastCARSettings(**settings))
-    return run_fastcar(cfg, table, data)
+    return run_cell(cfg, table, data)
 
 
 def test_one_epoch_test_shrinks_too_steep_gaps_until_accepted(tiny):

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from conftest import REPO, run_cli, small_spec
-from mtlbench.config import Protocol, RunConfig
+from mtlbench.config import TrainingProtocol, RunConfig
 from mtlbench.data import DeviceData, resolve_dataset
 from mtlbench.methods.weightings import WEIGHTINGS
 from mtlbench.records.store import ResultsStore
@@ -84,7 +84,7 @@ def test_resume_from_checkpoint_equals_uninterrupted(arch, weighting, loaded, tm
     # in a fresh model: the weighting's state, RNGs, optimizer and scheduler carry over, so the result is equal.
     table, data = loaded
     cfg = RunConfig(kind="mtl", architecture=arch, weighting=weighting, decoder="decoder1", seed=3,
-                    protocol=Protocol(epochs=4, batch_size=8, img_size=32, max_steps_per_epoch=2,
+                    protocol=TrainingProtocol(epochs=4, batch_size=8, img_size=32, max_steps_per_epoch=2,
                                       latency_repeats=1))
     whole = run_cell(cfg, table, data)
     assert whole.status == "ok", whole.message
@@ -109,7 +109,7 @@ def test_resume_from_checkpoint_equals_uninterrupted(arch, weighting, loaded, tm
 
 def test_fastcar_resumes_without_searching_again(loaded, tmp_path, monkeypatch):
     table, data = loaded
-    cfg = RunConfig(kind="fastcar", seed=1, protocol=Protocol(epochs=3, batch_size=8, img_size=32,
+    cfg = RunConfig(kind="fastcar", seed=1, protocol=TrainingProtocol(epochs=3, batch_size=8, img_size=32,
                                                               max_steps_per_epoch=2, latency_repeats=1))
     whole = run_cell(cfg, table, data)
     monkeypatch.setenv("MTLBENCH_FAULT", "epoch_end:cell=FastCAR:epoch=2:raise")
@@ -185,7 +185,7 @@ def test_a_diverged_cell_loses_its_checkpoint_unless_asked_to_resume(spec_path, 
 def test_checkpoint_holds_what_resuming_needs(loaded, tmp_path):
     table, data = loaded
     cfg = RunConfig(kind="mtl", architecture="HPS", weighting="DWA", decoder="decoder1",
-                    protocol=Protocol(epochs=3, batch_size=8, img_size=32, max_steps_per_epoch=1, latency_repeats=1))
+                    protocol=TrainingProtocol(epochs=3, batch_size=8, img_size=32, max_steps_per_epoch=1, latency_repeats=1))
     run_cell(cfg, table, data, checkpoint_dir=tmp_path)
     payload = checkpoint.load(tmp_path / f"{cfg.run_id(table.fingerprint())}.ckpt", cfg.run_id(table.fingerprint()),
                               data.device)

@@ -10,20 +10,32 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mtlbench.methods.architectures import ARCHITECTURES
-from mtlbench.methods.weightings import WEIGHTINGS
+from mtlbench.methods.registry import ARCHITECTURES, WEIGHTINGS, not_applicable
 from mtlbench.models.decoders import DECODERS
 
 
 @pytest.fixture(scope="module")
-def runs(smoke_results):
+def all_runs(smoke_results):
     return pd.read_parquet(smoke_results / "runs.parquet")
 
 
-def test_every_cell_built_stepped_and_is_ok(runs):
+@pytest.fixture(scope="module")
+def runs(all_runs):
+    """The runs that trained (every cell but the not-applicable ones, and FastCAR)."""
+    return all_runs[all_runs.status != "not_applicable"]
+
+
+def test_every_cell_built_stepped_and_is_ok(all_runs):
+    runs = all_runs
     n_cells = len(ARCHITECTURES) * len(WEIGHTINGS) * len(DECODERS)
     assert n_cells >= 204 and len(runs) == n_cells + 1 and runs.run_id.is_unique
-    bad = runs[runs.status != "ok"]
+    na = runs[runs.status == "not_applicable"]
+    expected_na = {(a.name, w.name, d) for a in ARCHITECTURES for w in WEIGHTINGS for d in DECODERS.names()
+                   if not_applicable(a, w)}
+    assert set(zip(na.architecture, na.weighting, na.decoder)) == expected_na
+    assert ("Tree-b0", "PCGrad", "decoder1") in expected_na and ("Tree-b0", "EW", "decoder1") not in expected_na
+    assert na.message.str.contains("shares no parameters").all() and na.epochs_run.isna().all()
+    bad = runs[~runs.status.isin(("ok", "not_applicable"))]
     assert bad.empty, bad[["architecture", "weighting", "decoder", "status", "message"]].to_string()
     grid = runs[runs.kind == "mtl"]
     expected = {(a, w, d) for a in ARCHITECTURES.names() for w in WEIGHTINGS.names() for d in DECODERS.names()}
@@ -62,7 +74,7 @@ def test_every_cell_recorded_its_hyper_parameters_and_weights(smoke_results, run
 
 def test_epochs_and_predictions_tables(smoke_results, runs):
     epochs = pd.read_parquet(smoke_results / "epochs.parquet")
-    assert set(epochs.run_id) == set(runs.run_id) and epochs.val_loss.notna().all()
+    assert set(epochs.run_id) == set(runs.run_id) and epochs.val_loss.notna().all() and epochs.val_mae.notna().all()
     preds = pd.read_parquet(smoke_results / "predictions.parquet")
     assert len(preds) == len(runs) * 2 * runs.n_test.iloc[0]
     assert preds.true_target.between(100, 1500).all()

@@ -7,7 +7,7 @@ import json
 import pandas as pd
 import torch
 
-from mtlbench.config import Protocol, RunConfig
+from mtlbench.config import TrainingProtocol, RunConfig
 from mtlbench.data import DeviceData, resolve_dataset
 from mtlbench.records.store import ResultsStore
 from mtlbench.report.render import render_report
@@ -17,7 +17,7 @@ from mtlbench.runs import run_cell
 def test_ltb_cell_records_its_final_tree_and_the_report_draws_it(tiny_data, cache_dir, tmp_path):
     table = resolve_dataset(str(tiny_data), cache_dir=str(cache_dir))
     data = DeviceData.from_table(table, 32, torch.device("cpu"), cache_dir=str(cache_dir))
-    protocol = Protocol(epochs=2, batch_size=8, img_size=32, max_steps_per_epoch=1, latency_repeats=1,
+    protocol = TrainingProtocol(epochs=2, batch_size=8, img_size=32, max_steps_per_epoch=1, latency_repeats=1,
                         checkpoint_every=0)
     store = ResultsStore(tmp_path / "res")
     for arch in ("LTB", "HPS"):

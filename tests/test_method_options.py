@@ -161,7 +161,11 @@ def test_the_registry_states_every_option_the_method_reads(registry, name):
     read: set[str] = set()
     for cls in inspect.getmro(entry.obj):
         if cls.__module__.split(".")[0] in ("LibMTL", "mtlbench"):
-            source = re.sub(r"#.*", "", inspect.getsource(cls))  # LibMTL's RLW keeps dead code in comments
+            try:
+                source = inspect.getsource(cls)
+            except OSError:   # a class made by a factory (Tree-b0..b4): its base's source is read
+                continue
+            source = re.sub(r"#.*", "", source)  # LibMTL's RLW keeps dead code in comments
             read |= set(_READS.findall(source))
     assert read - _FROM_PROTOCOL <= set(option_defaults(entry)), read
 

@@ -19,12 +19,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mtlbench.config import Protocol
+from mtlbench.config import TrainingProtocol
 from mtlbench.data import DeviceData, read_published, write_synthetic
 from mtlbench.errors import ConfigError
 from mtlbench.fastcar.transform import LabelTransform
-from mtlbench.models.mtl import Regressor, build_mtl_model
-from mtlbench.train.learners import FastCARLearner, MTLLearner
+from mtlbench.fastcar.learner import FastCARLearner
+from mtlbench.fastcar.model import Regressor
+from mtlbench.models.mtl import build_mtl_model
+from mtlbench.train.learners import MTLLearner
 from mtlbench.train.loop import Trainer, make_adam
 
 CPU = torch.device("cpu")
@@ -387,7 +389,7 @@ def test_epoch_weights_are_the_mean_and_std_of_the_step_weights(tiny_device_data
         return losses, w
 
     learner.train_step = recording_step  # type: ignore[method-assign]
-    protocol = Protocol(epochs=1, batch_size=4, img_size=SIDE, max_steps_per_epoch=3, device="cpu")
+    protocol = TrainingProtocol(epochs=1, batch_size=4, img_size=SIDE, max_steps_per_epoch=3, device="cpu")
     trainer = Trainer(learner, data, protocol, seed=0)
     trainer.train_epoch()
     assert len(seen) == 3

@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from mtlbench.config import Protocol, RunConfig
+from mtlbench.config import TrainingProtocol, RunConfig
 from mtlbench.data import DeviceData, read_published
 from mtlbench.memory import CPU_RSS_SAMPLED, PeakMemory, anon_resident_bytes
 from mtlbench.records.schema import RUNS
@@ -40,7 +40,7 @@ def test_small_cell_after_large_cell_records_the_smaller_peak(tiny_data, tmp_pat
     decoder1. With the process's lifetime peak both rows would show the first cell's figure."""
     table = read_published(tiny_data)
     data = DeviceData.from_table(table, 32, CPU, cache_dir=tmp_path)
-    protocol = Protocol(epochs=1, batch_size=8, img_size=32, max_steps_per_epoch=1, latency_repeats=1,
+    protocol = TrainingProtocol(epochs=1, batch_size=8, img_size=32, max_steps_per_epoch=1, latency_repeats=1,
                         checkpoint_every=0, device="cpu")
     rows = {}
     for decoder in ("decoder2", "decoder1"):

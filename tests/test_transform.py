@@ -73,3 +73,32 @@ def test_real_data_statistics_example():
 def test_gap_must_be_positive():
     with pytest.raises(ValueError):
         LabelTransform.fit(np.array([0]), np.array([1.0]), 1, 0.0)
+
+
+@settings(max_examples=100, deadline=None)
+@given(labelled(), st.lists(st.floats(min_value=-1.0, max_value=1.0), min_size=1, max_size=40))
+def test_the_learner_inverse_equals_the_transform_inverse(case, fractions):
+    """FastCAR's two inverses: the learner's on the device (float32) and the transform's (float64). The same class
+    wherever the value is not within float32 rounding of a point equally far from two ranges, and the same target."""
+    import torch
+
+    from mtlbench.fastcar.learner import FastCARLearner
+
+    labels, targets, k, gap = case
+    t = LabelTransform.fit(labels, targets, k, gap)
+    r = t.ranges()
+    span = float(r[:, 1].max() - r[:, 0].min()) + 2 * gap
+    values = np.asarray(fractions) * span
+    learner = FastCARLearner(torch.nn.Linear(1, 1), t)
+    cls_dev, target_dev = learner.inverse(torch.tensor(values, dtype=torch.float32))
+    cls_ref, target_ref = t.inverse(values.astype(np.float32).astype(np.float64))
+    # a value within float32 rounding of the midpoint of a gap may go either way
+    dist = np.maximum(r[None, :, 0] - values[:, None], 0) + np.maximum(values[:, None] - r[None, :, 1], 0)
+    ordered = np.sort(dist, axis=1)
+    tol = 4 * np.finfo(np.float32).eps * (np.abs(values) + np.abs(r).max() + t.centre)
+    clear = (ordered[:, 1] - ordered[:, 0]) > tol if k > 1 else np.ones(len(values), bool)
+    np.testing.assert_array_equal(cls_dev.numpy()[clear], cls_ref[clear])
+    same = clear & (cls_dev.numpy() == cls_ref)
+    np.testing.assert_allclose(target_dev.numpy()[same], target_ref[same], rtol=0,
+                               atol=float(4 * np.finfo(np.float32).eps * (np.abs(values).max() + abs(t.centre)
+                                                                       + max(map(abs, t.constants)))))

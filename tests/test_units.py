@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from mtlbench.config import FastCARSettings, Protocol, RunConfig
+from mtlbench.config import FastCARSettings, TrainingProtocol, RunConfig
 from mtlbench.errors import ConfigError
 from mtlbench.methods.architectures import ARCHITECTURES
 from mtlbench.methods.weightings import WEIGHTINGS
@@ -78,7 +78,7 @@ def test_run_id_is_stable_and_depends_on_config_and_data():
     c = RunConfig(kind="mtl", architecture="HPS", weighting="EW", decoder="decoder1", seed=1)
     assert c.run_id("d1") != a.run_id("d1")
     fast = RunConfig(kind="mtl", architecture="HPS", weighting="EW", decoder="decoder1",
-                     protocol=Protocol(device="cuda", latency_repeats=3))
+                     protocol=TrainingProtocol(device="cuda", latency_repeats=3))
     assert fast.run_id("d1") == a.run_id("d1")   # where it runs does not change what it computes
     assert RunConfig.from_json(a.to_json()) == a
 
@@ -87,7 +87,7 @@ def test_run_id_is_stable_and_depends_on_config_and_data():
                                           ({"batch_size": -1}, "batch_size")])
 def test_protocol_rejects_bad_values(kwargs, match):
     with pytest.raises(ConfigError, match=match):
-        Protocol(**kwargs)
+        TrainingProtocol(**kwargs)
 
 
 def test_fastcar_settings_and_scaling_validation():

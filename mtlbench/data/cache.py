@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from mtlbench.atomic import write_text_atomic
+from mtlbench.atomic import atomic_path, write_text_atomic
 from mtlbench.errors import DataError
 
 from .table import ImageTable
@@ -100,35 +99,30 @@ def decode_images(table: ImageTable, side: int, cache_dir: str | os.PathLike | N
         if raw.stat().st_size == int(np.prod(shape)):
             return _map(raw, shape)
 
+    created = False  # an OSError before the temporary exists means an unwritable cache folder
     try:
-        raw.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{raw.name}.", suffix=".tmp", dir=raw.parent)
+        with atomic_path(raw) as tmp:
+            tmp.touch(exist_ok=False)
+            created = True
+            if len(paths):
+                mm = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=shape)
+                _decode_into(mm, paths, side)
+                mm.flush()
+                del mm
     except OSError:
+        if created:
+            raise
         # Cache folder not writable: decode into memory and carry on.
         array = np.empty(shape, dtype=np.uint8)
         _decode_into(array, paths, side)
         return torch.from_numpy(array)
-
-    tmp = Path(tmp_name)
-    try:
-        os.close(fd)
-        if len(paths):
-            mm = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=shape)
-            _decode_into(mm, paths, side)
-            mm.flush()
-            del mm
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, raw)
-        meta = {
-            "shape": list(shape),
-            "dtype": "uint8",
-            "layout": "NCHW",
-            "name": table.name,
-            "fingerprint": table.fingerprint(),
-            "side": side,
-        }
-        write_text_atomic(sidecar, json.dumps(meta))
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    meta = {
+        "shape": list(shape),
+        "dtype": "uint8",
+        "layout": "NCHW",
+        "name": table.name,
+        "fingerprint": table.fingerprint(),
+        "side": side,
+    }
+    write_text_atomic(sidecar, json.dumps(meta))
     return _map(raw, shape)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 import tarfile
-import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -14,6 +13,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from mtlbench.atomic import atomic_dir, atomic_path, temporary_name
 from mtlbench.errors import DataError
 
 from .steel import PUBLISHED_SHEETS, read_published
@@ -100,24 +100,25 @@ def _copy_stream(src, dst_path: Path, total: int | None, progress: bool, label: 
 
 
 def download(url: str, target: Path, *, progress: bool = True) -> Path:
-    """Copy ``url`` (http(s), ``file://`` or a local path) to ``target``; DataError naming the URL on failure."""
+    """Copy ``url`` (http(s), ``file://`` or a local path) to ``target``, atomically; DataError naming the URL on
+    failure."""
     hint = "download the archive another way and pass it with --url file:///path/to/archive.zip"
     local = _local_path(url)
     if local is not None:
         if not local.is_file():
             raise DataError(f"cannot fetch {url}: file not found: {local}")
-        with open(local, "rb") as src:
-            _copy_stream(src, target, local.stat().st_size, progress, local.name)
+        with open(local, "rb") as src, atomic_path(target) as tmp:
+            _copy_stream(src, tmp, local.stat().st_size, progress, local.name)
         return target
     if not _is_remote(url):
         raise DataError(f"cannot fetch {url}: unsupported URL scheme; use http(s)://, file:// or a local path")
     request = urllib.request.Request(url, headers={"User-Agent": "mtlbench"})
     try:
-        with urllib.request.urlopen(request, timeout=60) as response:
+        with urllib.request.urlopen(request, timeout=60) as response, atomic_path(target) as tmp:
             length = response.headers.get("Content-Length")
             total = int(length) if length and length.isdigit() else None
             name = Path(urllib.parse.urlparse(url).path).name or url
-            _copy_stream(response, target, total, progress, name)
+            _copy_stream(response, tmp, total, progress, name)
     except urllib.error.HTTPError as exc:
         raise DataError(f"cannot fetch {url}: HTTP {exc.code} {exc.reason}; {hint}") from None
     except urllib.error.URLError as exc:
@@ -177,8 +178,8 @@ def fetch(
     ``dest`` defaults to ``<cache>/datasets/advanced-steel-property``. When ``dest`` already holds a
     data set that verifies, it is returned without downloading unless ``force``. The archive is
     unpacked into a temporary folder next to ``dest``, verified (three sheets, every listed image,
-    ``expected_images`` images when not None) and renamed into place, so ``dest`` is never half
-    written. Returns ``dest``.
+    ``expected_images`` images when not None) and renamed into place (``atomic_dir``), so ``dest`` is
+    never half written. Returns ``dest``.
     """
     dest = Path(dest) if dest is not None else default_dest()
     if dest.exists() and not force:
@@ -187,9 +188,10 @@ def fetch(
             return dest
         except DataError:
             pass  # broken or partial: replace it below
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{dest.name}.fetch-", dir=dest.parent))
-    try:
+    with atomic_dir(dest, replace=True) as staged:
+        # Download and unpack inside the staged folder (one file system, one cleanup on failure), then lift the
+        # data set root (the archive's top folder) to the staged folder and drop the rest.
+        work = temporary_name(staged / "fetch")
         name = Path(urllib.parse.urlparse(url).path).name or "archive"
         archive = download(url, work / f"download-{name}", progress=progress)
         unpacked = work / "unpacked"
@@ -200,10 +202,7 @@ def fetch(
             verify(found, expected_images)
         except DataError as exc:
             raise DataError(f"the archive from {url} failed verification: {exc}") from None
-        os.chmod(found, 0o755)
-        if dest.exists() or dest.is_symlink():
-            os.replace(dest, work / "previous")
-        os.replace(found, dest)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+        for entry in found.iterdir():
+            os.rename(entry, staged / entry.name)
+        shutil.rmtree(work)
     return dest

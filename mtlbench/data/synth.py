@@ -28,14 +28,13 @@ import datetime as _dt
 import io
 import os
 import re
-import shutil
-import tempfile
 import zipfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from mtlbench.atomic import atomic_dir
 from mtlbench.errors import ConfigError, DataError
 
 from .steel import PUBLISHED_COLUMNS, PUBLISHED_SHEETS
@@ -264,6 +263,25 @@ def _check_options(per_class, image_size, num_classes) -> tuple[int, int, int]:
     return counts  # type: ignore[return-value]
 
 
+def _write_splits(folder: Path, counts: tuple[int, int, int], image_size: int, seed: int, num_classes: int) -> None:
+    for split_index, (stem, count) in enumerate(zip(PUBLISHED_SHEETS, counts)):
+        rows = []
+        for c in range(num_classes):
+            rng = np.random.default_rng([int(seed), split_index, c])
+            mean, std = class_stats(c)
+            hardness = np.round(rng.normal(mean, std, size=count)).astype(np.int64)
+            z = (hardness - mean) / std
+            images = render_class(rng, c, z, image_size)
+            directory = f"{stem}/{c}"
+            (folder / directory).mkdir(parents=True, exist_ok=True)
+            ext = class_extension(c)
+            for i in range(count):
+                filename = f"synth_{stem}_{c}_{i:04d}.{ext}"
+                _save_image(images[i], folder / directory / filename)
+                rows.append((directory, filename, f"{directory}/{filename}", int(c), int(hardness[i])))
+        _write_sheet(folder / f"{stem}.xlsx", rows)
+
+
 def write_synthetic(
     out: str | os.PathLike,
     *,
@@ -283,37 +301,15 @@ def write_synthetic(
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise DataError(f"synthetic data set folder already exists and is not empty: {out}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    replacing = overwrite and (out.exists() or out.is_symlink())
+    built = False
     try:
-        os.chmod(tmp, 0o755)
-        for split_index, (stem, count) in enumerate(zip(PUBLISHED_SHEETS, counts)):
-            rows = []
-            for c in range(num_classes):
-                rng = np.random.default_rng([int(seed), split_index, c])
-                mean, std = class_stats(c)
-                hardness = np.round(rng.normal(mean, std, size=count)).astype(np.int64)
-                z = (hardness - mean) / std
-                images = render_class(rng, c, z, image_size)
-                directory = f"{stem}/{c}"
-                (tmp / directory).mkdir(parents=True, exist_ok=True)
-                ext = class_extension(c)
-                for i in range(count):
-                    filename = f"synth_{stem}_{c}_{i:04d}.{ext}"
-                    _save_image(images[i], tmp / directory / filename)
-                    rows.append((directory, filename, f"{directory}/{filename}", int(c), int(hardness[i])))
-            _write_sheet(tmp / f"{stem}.xlsx", rows)
-        if overwrite and (out.exists() or out.is_symlink()):
-            trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.replace(out, trash / "old")
-            os.replace(tmp, out)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            try:
-                os.replace(tmp, out)  # fails when another writer filled ``out`` meanwhile
-            except OSError as exc:
-                raise DataError(f"cannot create synthetic data set folder {out}: {exc.strerror or exc}") from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        with atomic_dir(out, replace=overwrite) as tmp:
+            _write_splits(tmp, counts, image_size, seed, num_classes)
+            built = True
+    except OSError as exc:
+        if not built or replacing:
+            raise
+        # The final rename fails when another writer filled ``out`` meanwhile.
+        raise DataError(f"cannot create synthetic data set folder {out}: {exc.strerror or exc}") from None
     return out

@@ -55,6 +55,7 @@ def aligned_weights(grads: torch.Tensor, tol: float | None = None,
 
 
 @WEIGHTINGS.register("Aligned-MTL", options=AlignedMTLOptions, library="mtlbench", gradients=True,
+                     conic=False,
                      reference="Senushkin et al., Independent Component Alignment for Multi-Task Learning, CVPR 2023",
                      summary="aligns task gradients' principal components (written here)")
 class Aligned_MTL(AbsWeighting):

@@ -25,6 +25,7 @@ class CAGradOptions:
 
 @WEIGHTINGS.register("CAGrad", options=CAGradOptions, library="LibMTL 1.1.5 (any task count: mtlbench)",
                      gradients=True,
+                     conic='(g_0 + c g_w / |g_w|) / (1 + c^2) with g_0 the mean and g_w a simplex combination',
                      reference="Liu et al., Conflict-Averse Gradient Descent for Multi-task Learning, NeurIPS 2021",
                      summary="maximises the worst local improvement near the average gradient")
 class CAGrad(libmtl_weighting.CAGrad):

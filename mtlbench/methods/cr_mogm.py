@@ -36,6 +36,7 @@ CRMOGM_DEFAULTS: dict[str, Any] = options_table(CRMOGMOptions)[0]
 
 
 @WEIGHTINGS.register("CR-MOGM", options=CRMOGMOptions, library="torchjd", gradients=True,
+                     conic="a moving average of the base weighting's (MGDA) simplex weights",
                      reference="Zhou et al., On the Convergence of Stochastic Multi-Objective Gradient Manipulation "
                                "and Beyond, NeurIPS 2022",
                      summary="exponential moving average of a gradient weighting's task weights (torchjd)")

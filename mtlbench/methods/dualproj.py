@@ -32,6 +32,7 @@ DUALPROJ_DEFAULTS: dict[str, Any] = options_table(DualProjOptions)[0]
 
 
 @WEIGHTINGS.register("DualProj", options=DualProjOptions, library="torchjd", gradients=True,
+                     conic='the mean projected onto the dual cone: weights 1/m plus nonnegative dual variables (torchjd)',
                      reference="Quinton & Rey, Jacobian Descent for Multi-Objective Optimization, 2024 "
                                "(arXiv:2406.16232); Lopez-Paz & Ranzato, GEM, NeurIPS 2017 (Eq. 11)",
                      summary="projects the mean task gradient onto the dual cone of the task gradients (torchjd)")

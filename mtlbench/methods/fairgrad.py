@@ -32,6 +32,7 @@ FAIRGRAD_DEFAULTS: dict[str, Any] = options_table(FairGradOptions)[0]
 
 
 @WEIGHTINGS.register("FairGrad", options=FairGradOptions, library="torchjd", gradients=True,
+                     conic='w > 0 solves G G^T w = w^(-1/alpha)',
                      reference="Ban & Ji, Fair Resource Allocation in Multi-Task Learning, ICML 2024 "
                                "(arXiv:2402.15638)",
                      summary="alpha-fair task weights solving G G^T w = w^(-1/alpha) (torchjd)")

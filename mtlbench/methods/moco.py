@@ -55,6 +55,7 @@ def _softmax(v: torch.Tensor) -> torch.Tensor:
 
 
 @WEIGHTINGS.register("MoCo", options=MoCoOptions, library="mtlbench", gradients=True,
+                     conic=('Y^T lambda with lambda on the simplex; on the first step Y = beta_1 times the ' '(loss-scaled, unit) task gradients (later steps combine tracked gradients, not the ' 'current ones)'),
                      reference="Fernando et al., Mitigating Gradient Bias in Multi-objective Learning, ICLR 2023",
                      summary="tracked (momentum) gradients and projected weight updates (written here)")
 class MoCo(AbsWeighting):

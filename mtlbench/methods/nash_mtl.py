@@ -106,6 +106,7 @@ def _fixed_point_residual(gram: np.ndarray, alpha: np.ndarray) -> float:
 
 
 @WEIGHTINGS.register("Nash-MTL", options=NashMTLOptions, library="mtlbench", gradients=True,
+                     conic='alpha > 0 solves G G^T alpha = 1 / alpha; clipping scales it by a positive factor',
                      reference="Navon et al., Multi-Task Learning as a Bargaining Game, ICML 2022",
                      summary="Nash bargaining solution of the task gradients (written here)")
 class Nash_MTL(AbsWeighting):

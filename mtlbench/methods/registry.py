@@ -8,6 +8,9 @@ method is adding its file. Traits (keyword arguments beyond the entry's fields):
 - weighting ``gradients`` (bool): it combines per-task gradients of the shared parameters (or of the shared
   representation), so it needs parameters that two or more tasks use; loss-level methods (EW, UW, DWA...) do not.
 - weighting ``rep_grad`` (bool): it works on gradients of the shared representation (LibMTL's GradDrop).
+- weighting ``conic`` (str or False): why the shared gradient it produces is a conic combination ``sum_i w_i g_i``
+  (``w_i >= 0``) of the task gradients, or False where it promises none; ``tests/methods/test_contract.py`` checks
+  the promise on every weighting that makes it.
 - architecture ``shared`` (bool, default True): some parameters are used by two or more tasks.
 """
 

@@ -31,6 +31,7 @@ UPGRAD_DEFAULTS: dict[str, Any] = options_table(UPGradOptions)[0]
 
 
 @WEIGHTINGS.register("UPGrad", options=UPGradOptions, library="torchjd", gradients=True,
+                     conic='the average of each task gradient projected onto the dual cone: nonnegative weights (torchjd)',
                      reference="Quinton & Rey, Jacobian Descent for Multi-Objective Optimization, 2024 "
                                "(arXiv:2406.16232)",
                      summary="projects each task gradient onto the dual cone of all of them and averages (torchjd)")

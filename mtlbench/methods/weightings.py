@@ -56,33 +56,45 @@ def _mgda_options(gn: str) -> type:
 
 
 WEIGHTINGS.add("EW", W.EW, options=NoOptions, library=LIBMTL, gradients=False,
+               conic='sum of the losses: w = 1',
                reference="equal weighting (uniform sum of task losses)", summary="sum of losses")
 WEIGHTINGS.add("GradNorm", W.GradNorm, options=GradNormOptions, library=LIBMTL, gradients=True,
+               conic='loss weights task_num * softmax(loss_scale) > 0 applied to the task gradients',
                reference="Chen et al., GradNorm, ICML 2018", summary="balances gradient norms by training rates")
 for _gn in ("loss", "loss+", "l2"):
     WEIGHTINGS.add(f"MGDA-{_gn}", W.MGDA, options=_mgda_options(_gn), library=LIBMTL, gradients=True,
+                   conic=f"min-norm point on the simplex of the task gradients, each divided by its positive "
+                         f"'{_gn}' normaliser",
                    reference="Sener & Koltun, Multi-Task Learning as Multi-Objective Optimization, NeurIPS 2018",
                    summary=f"min-norm point of the task gradients, gradient normalisation '{_gn}'")
 WEIGHTINGS.add("UW", W.UW, options=NoOptions, library=LIBMTL, gradients=False,
+               conic='loss weights 1 / (2 exp(s_i)) > 0 (the log term does not touch the shared parameters)',
                reference="Kendall et al., Multi-Task Learning Using Uncertainty to Weigh Losses, CVPR 2018",
                summary="learned homoscedastic uncertainty weights")
 WEIGHTINGS.add("DWA", W.DWA, options=DWAOptions, library=LIBMTL, gradients=False,
+               conic='loss weights task_num * softmax(loss ratios / T) > 0',
                reference="Liu et al., End-to-End Multi-Task Learning with Attention, CVPR 2019",
                summary="weights from the rate of change of each loss")
 WEIGHTINGS.add("GLS", W.GLS, options=NoOptions, library=LIBMTL, gradients=False,
+               conic='gradient of (prod L_i)^(1/m): weights (prod L)^(1/m) / (m L_i) > 0 for positive losses',
                reference="Chennupati et al., MultiNet++, CVPR Workshops 2019", summary="geometric mean of the losses")
-WEIGHTINGS.add("GradDrop", W.GradDrop, options=GradDropOptions, library=LIBMTL, gradients=True, rep_grad=True,
+WEIGHTINGS.add("GradDrop", W.GradDrop, options=GradDropOptions, library=LIBMTL, gradients=True,
+               conic=False, rep_grad=True,
                reference="Chen et al., Just Pick a Sign: Gradient Sign Dropout, NeurIPS 2020",
                summary="drops gradient signs by their consistency (on representation gradients)")
 WEIGHTINGS.add("PCGrad", W.PCGrad, options=NoOptions, library=LIBMTL, gradients=True,
+               conic='each projection subtracts g_ij / |g_j|^2 g_j with g_ij < 0: every coefficient only grows from 1',
                reference="Yu et al., Gradient Surgery for Multi-Task Learning, NeurIPS 2020",
                summary="projects away conflicting gradient components")
 WEIGHTINGS.add("GradVac", W.GradVac, options=GradVacOptions, library=LIBMTL, gradients=True,
+               conic='each adjustment adds a positive multiple of g_j (rho_ij < rho_T gives a positive coefficient)',
                reference="Wang et al., Gradient Vaccine, ICLR 2021", summary="aligns gradient similarity to an EMA target")
 WEIGHTINGS.add("IMTL", W.IMTL, options=NoOptions, library=LIBMTL, gradients=True,
+               conic='with two tasks alpha_i = |g_j| / (|g_1| + |g_2|) > 0 (not promised for three or more tasks)',
                reference="Liu et al., Towards Impartial Multi-task Learning, ICLR 2021",
                summary="equal projections of the aggregate on each task gradient + learned loss scales")
 WEIGHTINGS.add("RLW", W.RLW, options=RLWOptions, library=LIBMTL, gradients=False,
+               conic="loss weights softmax of a random draw (default dist 'Normal') > 0",
                reference="Lin et al., Reasonable Effectiveness of Random Weighting, TMLR 2022 (arXiv:2111.10603)",
                summary="random loss weights, softmax of a standard normal draw")
 

@@ -19,7 +19,9 @@ TASKS = ("cls", "reg")
 
 
 @dataclass
-class MTLModel:
+class CellModel:
+    """One grid cell's composed LibMTL model, the keywords its weighting's ``backward`` takes, and what it records."""
+
     module: nn.Module
     backward_kwargs: dict[str, Any]
     hparams: dict[str, Any]   # everything the defaults table contributed, recorded with the run
@@ -27,7 +29,7 @@ class MTLModel:
 
 def build_mtl_model(architecture: str, weighting: str, decoder: str, *, num_classes: int, img_size: int,
                     device: torch.device, pretrained: bool = False, arch_args: dict | None = None,
-                    weight_args: dict | None = None) -> MTLModel:
+                    weight_args: dict | None = None) -> CellModel:
     arch = ARCHITECTURES.entry(architecture)
     weight = WEIGHTINGS.entry(weighting)
     dec = DECODERS.entry(decoder)
@@ -39,17 +41,5 @@ def build_mtl_model(architecture: str, weighting: str, decoder: str, *, num_clas
                  rep_grad=rep_grad, multi_input=False, device=device, **arch_kwargs).to(device)
     hparams = {"architecture": {k: v for k, v in arch_kwargs.items()}, "weighting": dict(kwargs),
                "rep_grad": rep_grad, "decoder": dict(dec.defaults)}
-    return MTLModel(module, kwargs, hparams)
+    return CellModel(module, kwargs, hparams)
 
-
-class Regressor(nn.Module):
-    """FastCAR's single-task ResNet-18 regressor: the torchvision ResNet-18 with a one-output fc."""
-
-    def __init__(self, pretrained: bool = False) -> None:
-        super().__init__()
-        self.encoder = EncoderFactory(pretrained)()
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(self.encoder.feature_dim, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(torch.flatten(self.pool(self.encoder(x)), 1)).squeeze(1)

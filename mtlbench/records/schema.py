@@ -18,7 +18,9 @@ SCHEMA_VERSION = 2   # 2: resumed_from_epoch, checkpoint_s, executor in runs
 # A nullable column added since (peak_mem_method) keeps the version: fragments are read with this schema, and a
 # column a fragment lacks reads as null, so folders written before it stay readable and resumable.
 
-STATUSES = ("ok", "failed", "diverged")
+#: not_applicable: the weighting cannot train the architecture (e.g. a gradient weighting on Tree-b0, which shares no
+#: parameters); recorded with the reason as its message, never trained, never counted as failed.
+STATUSES = ("ok", "failed", "diverged", "not_applicable")
 METRICS = ("accuracy", "mse", "rmse", "mae", "mape", "within8")
 
 _metric_fields = [pa.field(f"{which}_{m}", pa.float64()) for which in ("best", "last") for m in METRICS]
@@ -27,7 +29,7 @@ RUNS = pa.schema([
     pa.field("run_id", pa.string(), nullable=False),
     pa.field("sweep", pa.string()),
     pa.field("kind", pa.string(), nullable=False),            # fastcar | mtl
-    pa.field("status", pa.string(), nullable=False),          # ok | failed | diverged
+    pa.field("status", pa.string(), nullable=False),          # ok | failed | diverged | not_applicable
     pa.field("message", pa.string()),
     pa.field("failed_epoch", pa.int64()),
     pa.field("architecture", pa.string()),
@@ -106,6 +108,7 @@ EPOCHS = pa.schema([
     pa.field("val_accuracy", pa.float64()),
     pa.field("val_mse", pa.float64()),
     pa.field("val_mape", pa.float64()),
+    pa.field("val_mae", pa.float64()),                        # TreeMTL's pair tables read it (null before it existed)
 ])
 
 WEIGHTS = pa.schema([

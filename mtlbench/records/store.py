@@ -5,7 +5,7 @@ Layout of a results folder::
     store.json                 schema version
     cells/<run_id>/<table>.parquet   a finished run's fragments (the folder appears by one rename)
     runs.parquet epochs.parquet weights.parquet predictions.parquet label_search.parquet   consolidated
-    checkpoints/<run_id>.ckpt  mid-run checkpoints of unfinished runs (mtlbench.train.checkpoint)
+    checkpoints/<run_id>.ckpt  mid-run checkpoints of unfinished runs (mtlbench.train.checkpoint owns them)
     report/                    rendered by ``mtlbench report``
 
 A run is finished exactly when ``cells/<run_id>/`` exists: fragments are written into a temporary folder that is
@@ -148,13 +148,6 @@ class ResultsStore:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
 
-    def remove_cell(self, run_id: str) -> None:
-        path = self.cell_dir(run_id)
-        if path.exists():
-            trash = self.cells_dir / f".old.{run_id}.{uuid.uuid4().hex}"
-            os.rename(path, trash)
-            shutil.rmtree(trash, ignore_errors=True)
-
     def clean_temporaries(self) -> None:
         """Remove leftovers of writes interrupted by a crash (never a finished cell)."""
         if self.cells_dir.exists():
@@ -163,9 +156,6 @@ class ResultsStore:
                     shutil.rmtree(p, ignore_errors=True)
         for p in self.root.glob(".*.tmp"):
             p.unlink(missing_ok=True)
-        from mtlbench.train.checkpoint import clean_temporaries   # torch: only a sweep needs it
-
-        clean_temporaries(self.checkpoints_dir)
 
     # -- tables -------------------------------------------------------------------------------------------------
     def _fragments(self, name: str) -> list[Path]:

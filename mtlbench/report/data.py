@@ -20,12 +20,14 @@ from typing import Any, Iterable
 import numpy as np
 import pandas as pd
 
+from mtlbench.config import cell_name
 from mtlbench.errors import ConfigError, MtlbenchError
+from mtlbench.records.schema import TABLES
 from mtlbench.records.store import ResultsStore
 
 CELL_KEY = ("architecture", "weighting", "decoder", "target_scaling")
-TABLE_NAMES = ("runs", "epochs", "weights", "predictions", "label_search")
-STATUS_RANK = {"ok": 0, "diverged": 1, "failed": 2}
+TABLE_NAMES = tuple(TABLES)   # "runs" first
+STATUS_RANK = {"ok": 0, "not_applicable": 0, "diverged": 1, "failed": 2}   # one per schema.STATUSES
 
 
 @dataclass(frozen=True)
@@ -208,15 +210,6 @@ def load_results(folders: Iterable[Path | str]) -> Results:
 
 
 # -- aggregation ----------------------------------------------------------------------------------------------------
-def cell_name(architecture: str, weighting: str, decoder: str | None = None, scaling: str | None = None) -> str:
-    name = f"{architecture}+{weighting}"
-    if decoder:
-        name += f" / {decoder}"
-    if scaling:
-        name += f" / {scaling}"
-    return name
-
-
 def _stats(values: pd.Series) -> tuple[float, float, int]:
     v = pd.to_numeric(values, errors="coerce").astype(float)
     v = v[np.isfinite(v)]
@@ -231,9 +224,13 @@ def _summarise(group: pd.DataFrame, specs: list[MetricSpec], checkpoint: str) ->
     n_ok, n_failed, n_div = (int(counts.get(s, 0)) for s in ("ok", "failed", "diverged"))
     if n_ok:
         status = "ok"
+    elif (group["status"] == "not_applicable").all():
+        status = "not_applicable"
     else:
         status = "diverged" if n_div >= n_failed and n_div else "failed"
-    bad = group[group["status"] != "ok"]
+    bad = group[~group["status"].isin(("ok", "not_applicable"))]
+    if status == "not_applicable":
+        bad = group
     row: dict[str, Any] = {
         "status": status, "n_runs": len(group), "n_ok": n_ok, "n_failed": n_failed, "n_diverged": n_div,
         "seeds": ",".join(str(int(s)) for s in sorted(group["seed"].dropna().unique())),
@@ -342,6 +339,8 @@ def find_missing(results: Results, cells: pd.DataFrame, axes: Axes) -> list[str]
     not_run = _not_run(cells, axes)
     n_failed = int((cells["status"] == "failed").sum())
     n_div = int((cells["status"] == "diverged").sum())
+    n_na = int((cells["status"] == "not_applicable").sum())
+
     def n(count: int, word: str) -> str:
         return f"{count} {word}{'' if count == 1 else 's'}"
 
@@ -349,11 +348,12 @@ def find_missing(results: Results, cells: pd.DataFrame, axes: Axes) -> list[str]
                         n(len(axes.decoders), "decoder")] +
                        ([n(len(axes.scalings), "target scaling")] if several_scalings else []))
     msgs.insert(len(results.notes), f"grid: {len(expected) - len(not_run)} of {len(expected)} cells run ({shape}); "
-                                    f"{len(not_run)} not run, {n_failed} failed, {n_div} diverged")
+                                    f"{len(not_run)} not run, {n_failed} failed, {n_div} diverged"
+                                    + (f", {n_na} not applicable" if n_na else ""))
     for a, w, d, s in not_run:
         msgs.append(f"not run: {name(a, w, d, s)}")
     mtl = results.mtl
-    for _, r in mtl[mtl["status"] != "ok"].iterrows():
+    for _, r in mtl[~mtl["status"].isin(("ok", "not_applicable"))].iterrows():
         epoch = f", epoch {int(r['failed_epoch'])}" if pd.notna(r.get("failed_epoch")) else ""
         msgs.append(f"{r['status']}: {name(r['architecture'], r['weighting'], r['decoder'], r['target_scaling'])} "
                     f"(seed {_seed(r['seed'])}{epoch}): {_first_line(r['message'])}")

@@ -26,10 +26,12 @@ from matplotlib.patches import Rectangle  # noqa: E402
 from matplotlib.ticker import FuncFormatter  # noqa: E402
 from matplotlib.transforms import blended_transform_factory  # noqa: E402
 
+from mtlbench.config import cell_name  # noqa: E402
 from mtlbench.report.data import MetricSpec  # noqa: E402
 
 FASTCAR_COLOUR = "#d62728"
-STATUS_STYLE = {"failed": ("///", "#8b0000"), "diverged": ("xxx", "#b35900")}
+STATUS_STYLE = {"failed": ("///", "#8b0000"), "diverged": ("xxx", "#b35900"), "not_applicable": ("", "#707070")}
+STATUS_TEXT = {"not_applicable": "N/A"}
 RC = {"font.size": 9, "svg.fonttype": "none", "axes.titlesize": 11, "axes.titleweight": "bold"}
 
 
@@ -71,7 +73,7 @@ def heatmap(matrix: pd.DataFrame, std: pd.DataFrame, status: pd.DataFrame, parti
             spec: MetricSpec, vmin: float, vmax: float, *, title: str, fastcar: float | None,
             best: tuple[str, str] | None = None) -> Figure:
     """Architecture rows x weighting columns. ``matrix`` holds the drawn values (NaN = nothing drawn); ``status``
-    is "ok" / "failed" / "diverged" / "" (not run); ``partial`` marks ok cells where some seeds failed."""
+    is "ok" / "failed" / "diverged" / "not_applicable" / "" (not run); ``partial`` marks ok cells where some seeds failed."""
     rows, cols = list(matrix.index), list(matrix.columns)
     width = min(15.0, max(7.0, 2.8 + 0.72 * len(cols)))
     height = max(3.4, 1.9 + 0.52 * len(rows))
@@ -91,7 +93,7 @@ def heatmap(matrix: pd.DataFrame, std: pd.DataFrame, status: pd.DataFrame, parti
                     hatch, colour = STATUS_STYLE[st]
                     ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, facecolor="#f2f2f2", edgecolor="#b0b0b0",
                                            hatch=hatch, linewidth=0))
-                    ax.text(j, i, st, ha="center", va="center", fontsize=7.5, color=colour, fontweight="bold",
+                    ax.text(j, i, STATUS_TEXT.get(st, st), ha="center", va="center", fontsize=7.5, color=colour, fontweight="bold",
                             bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.85},
                             in_layout=False)
                 elif np.isfinite(v):
@@ -151,7 +153,7 @@ def pareto_front(acc: np.ndarray, mape: np.ndarray) -> np.ndarray:
 def scatter_accuracy_mape(cells: pd.DataFrame, fastcar: dict[str, Any] | None, decoders: list[str],
                           scalings: list[str]) -> Figure:
     ok = cells[np.isfinite(cells["accuracy_mean"].astype(float)) & np.isfinite(cells["mape_mean"].astype(float))]
-    names = [f"{a}+{w}" for a, w in zip(ok["architecture"], ok["weighting"])]
+    names = [cell_name(a, w) for a, w in zip(ok["architecture"], ok["weighting"])]
     acc = ok["accuracy_mean"].to_numpy(float)
     mape = ok["mape_mean"].to_numpy(float)
     fc_ok = fastcar is not None and np.isfinite(fastcar.get("accuracy_mean", np.nan)) and \

@@ -11,6 +11,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
+from mtlbench.config import cell_name
 from mtlbench.errors import ConfigError, MtlbenchError
 from mtlbench.report import figures as F
 from mtlbench.report import html as H
@@ -232,8 +233,8 @@ def render_report(results: list[Path] | Path | str, out: Path | str | None = Non
                 ids = ok_runs[(ok_runs[list(CELL_KEY)] == cell[list(CELL_KEY)].to_numpy()).all(axis=1)]["run_id"]
                 c = _mean_curve(data.epochs, list(ids))
                 if not c.empty:
-                    label = (f"{cell['architecture']}+{cell['weighting']} / {cell['decoder']}"
-                             + (f" / {cell['target_scaling']}" if several_scalings else "")
+                    label = (cell_name(cell["architecture"], cell["weighting"], cell["decoder"],
+                                       cell["target_scaling"] if several_scalings else None)
                              + f" ({cell['accuracy_mean']:.2f}%)")
                     curves.append((label, c, False))
         if curves:
@@ -279,7 +280,7 @@ def _unstable_note(runs: pd.DataFrame) -> list[str]:
     flagged = runs[(runs["status"] == "ok") & (runs["unstable"] == True)]  # noqa: E712 (nullable column)
     if flagged.empty:
         return []
-    names = [("FastCAR" if r["kind"] == "fastcar" else f"{r['architecture']}+{r['weighting']}/{r['decoder']}")
+    names = [cell_name(None if r["kind"] == "fastcar" else r["architecture"], r["weighting"], r["decoder"])
              + f" seed {r['seed']}" for _, r in flagged.iterrows()]
     return [f"unstable: {len(flagged)} of {int((runs['status'] == 'ok').sum())} runs spanned more than "
             f"{UNSTABLE_ACCURACY_POINTS:g} points of validation accuracy or {UNSTABLE_MAPE_POINTS:g} of MAPE over "

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 from rich.table import Table
 
+from mtlbench.config import cell_name
 from mtlbench.report.data import Axes, MetricSpec
 
 SUMMARY_COLUMNS = ["scaling", "metric", "row", "family", "decoder", "value", "std", "n", "cell", "architecture",
@@ -74,7 +75,7 @@ def build_summary(cells: pd.DataFrame, fastcar: dict[str, Any] | None, specs: li
                     text = _pm(spec, mean, std)
                     row = {**base, "value": mean, "std": std, "n": int(len(per_cell))}
                     if fastest is not None:
-                        name = f"{fastest['architecture']}+{fastest['weighting']}"
+                        name = cell_name(fastest["architecture"], fastest["weighting"])
                         text += f" (fastest: {name} {spec.format(fastest['time_mean'])})"
                         row.update(cell=name, architecture=fastest["architecture"], weighting=fastest["weighting"],
                                    cell_value=float(fastest["time_mean"]))
@@ -84,7 +85,7 @@ def build_summary(cells: pd.DataFrame, fastcar: dict[str, Any] | None, specs: li
                 if win is None:
                     rows.append({**base, "value": np.nan, "std": np.nan, "n": 0, "text": "-"})
                     continue
-                name = f"{win['architecture']}+{win['weighting']}"
+                name = cell_name(win["architecture"], win["weighting"])
                 mean, std = float(win[f"{spec.name}_mean"]), float(win[f"{spec.name}_std"])
                 rows.append({**base, "value": mean, "std": std, "n": int(win[f"{spec.name}_n"]), "cell": name,
                              "architecture": win["architecture"], "weighting": win["weighting"], "cell_value": mean,

@@ -8,32 +8,23 @@
 from __future__ import annotations
 
 import multiprocessing as mp
-import warnings
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol as TypingProtocol
+from typing import Any, Callable, Protocol
 
 import torch
 
 from mtlbench.config import RunConfig
-from mtlbench.errors import ConfigError, DataWarning
+from mtlbench.data.load import DataRef, load_data
+from mtlbench.errors import ConfigError
 from mtlbench.registry import Registry
-from mtlbench.runs import CellResult, run_cell
+from mtlbench.run_record import CellResult, config_row
+from mtlbench.runs import run_cell
 from mtlbench.train.loop import ProgressFn
 
 ResultFn = Callable[[CellResult], None]
 StartFn = Callable[[RunConfig], None]
-
-
-@dataclass(frozen=True)
-class DataRef:
-    """What a worker needs to load the same data: the source spec, options, image side and cache folder."""
-
-    source: str
-    options: dict[str, Any] = field(default_factory=dict)
-    side: int = 224
-    cache_dir: str | None = None
 
 
 @dataclass
@@ -51,7 +42,7 @@ class SweepContext:
                 "checkpoint_dir": Path(self.checkpoint_dir) if self.checkpoint_dir else None}
 
 
-class Executor(TypingProtocol):
+class Executor(Protocol):
     def run(self, cells: list[RunConfig], ctx: SweepContext, on_start: StartFn, on_result: ResultFn,
             progress: ProgressFn | None = None) -> None: ...
 
@@ -82,15 +73,6 @@ def tagged(progress: ProgressFn | None, cell: str) -> ProgressFn | None:
     return lambda event, info: progress(event, {**info, "cell": cell})
 
 
-def load_data(ref: DataRef, device: torch.device) -> tuple[Any, Any]:
-    from mtlbench.data import DeviceData, resolve_dataset
-
-    with warnings.catch_warnings():   # the driver loaded the same data and showed its warnings once
-        warnings.simplefilter("ignore", DataWarning)
-        table = resolve_dataset(ref.source, cache_dir=ref.cache_dir, table_options=ref.options or None)
-    return table, DeviceData.from_table(table, ref.side, device, cache_dir=ref.cache_dir)
-
-
 @EXECUTORS.register("sequential", summary="one cell after another in this process (default)")
 class SequentialExecutor:
     def __init__(self, **_: Any) -> None:
@@ -116,7 +98,7 @@ def worker_data(ref: DataRef, device: str) -> tuple[Any, Any]:
         dev = resolve_device(device)
         if dev.type == "cuda" and dev.index is not None:
             torch.cuda.set_device(dev)
-        _WORKER["data"], _WORKER["data_key"] = load_data(ref, dev), key
+        _WORKER["data"], _WORKER["data_key"] = load_data(ref, dev, show_warnings=False), key
     return _WORKER["data"]
 
 
@@ -296,14 +278,10 @@ def lost_worker_result(cfg: RunConfig, ctx: SweepContext, exc: BaseException, re
     """The record of a cell whose worker died (or whose task failed outside ``run_cell``)."""
     from datetime import datetime, timezone
 
-    from mtlbench.records.schema import SCHEMA_VERSION
-
     run_id = cfg.run_id(ctx.table.fingerprint()) if ctx.table is not None else cfg.run_id("unknown")
-    row = {"run_id": run_id, "sweep": ctx.name, "kind": cfg.kind, "status": "failed",
-           "message": " ".join(f"{reason}: {type(exc).__name__}: {exc}".split())[:500], "architecture": cfg.architecture,
-           "weighting": cfg.weighting, "decoder": cfg.decoder, "seed": cfg.seed,
-           "target_scaling": cfg.target_scaling if cfg.kind == "mtl" else None, "config_json": cfg.to_json(),
-           "finished_at": datetime.now(timezone.utc), "schema_version": SCHEMA_VERSION}
+    row = config_row(cfg, run_id, sweep=ctx.name, status="failed",
+                     message=" ".join(f"{reason}: {type(exc).__name__}: {exc}".split())[:500],
+                     finished_at=datetime.now(timezone.utc))
     return CellResult(run_id, "failed", row["message"], {"runs": [row]})
 
 

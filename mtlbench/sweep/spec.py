@@ -27,7 +27,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from mtlbench.config import TARGET_SCALINGS, FastCARSettings, Protocol, RunConfig, protocol_from_dict
+from mtlbench.config import TARGET_SCALINGS, FastCARSettings, TrainingProtocol, RunConfig, protocol_from_dict
 from mtlbench.errors import ConfigError
 from mtlbench.methods.architectures import ARCHITECTURES
 from mtlbench.methods.weightings import WEIGHTINGS
@@ -50,7 +50,7 @@ DATA_KEYS = {"source", "image_col", "class_col", "target_col", "split_col", "see
 class SweepSpec:
     name: str
     data: dict[str, Any]
-    protocol: Protocol
+    protocol: TrainingProtocol
     architectures: tuple[str, ...]
     weightings: tuple[str, ...]
     decoders: tuple[str, ...]
@@ -61,9 +61,22 @@ class SweepSpec:
     weight_args: dict[str, dict] = field(default_factory=dict)    # per weighting overrides
     description: str = ""
 
-    def with_source(self, source: str) -> "SweepSpec":
-        """The same sweep on another data set (``sweep --data``); column options are kept for tables."""
-        return replace(self, data={**self.data, "source": source})
+    def with_overrides(self, *, source: str | None = None, allow_overlap: bool = False, device: str | None = None,
+                       checkpoint_every: int | None = None) -> "SweepSpec":
+        """The command line's overrides of a spec, in one place: another data ``source`` (``--data``; column
+        options are kept for tables), ``allow_overlap`` (a data option, so it reaches every worker that loads the
+        data), the ``device`` and the checkpoint frequency (protocol fields; neither changes a run's id)."""
+        data = dict(self.data)
+        if source is not None:
+            data["source"] = source
+        if allow_overlap:
+            data["allow_overlap"] = True
+        protocol = self.protocol
+        if device is not None:
+            protocol = replace(protocol, device=device)
+        if checkpoint_every is not None:
+            protocol = replace(protocol, checkpoint_every=checkpoint_every)
+        return replace(self, data=data, protocol=protocol)
 
     def cells(self) -> list[RunConfig]:
         """Every run of the sweep, in a stable order: FastCAR first (per seed), then the grid."""

@@ -1,6 +1,10 @@
-"""Mid-run checkpoints: everything a :class:`~mtlbench.train.loop.Trainer` needs to continue an interrupted run
-as if it had never stopped (model, optimizer, scheduler, weighting state, every RNG, history), one file per run,
-written atomically (temporary file, fsync, rename).
+"""Mid-run checkpoints, the one module that owns them: the policy (where, how often, what to keep), saving, loading,
+resuming, discarding and the cleaning of interrupted writes.
+
+A checkpoint holds everything a :class:`~mtlbench.train.loop.Trainer` needs to continue an interrupted run as if it
+had never stopped (model, optimizer, scheduler, weighting state, every RNG, history), one file per run, written
+atomically (temporary file, fsync, rename). It is not the best / last model of a finished run: those are
+evaluated in memory and only their predictions are recorded.
 
 On a fixed seed on the CPU a resumed run's metrics equal an uninterrupted run's bit for bit
 (``tests/test_faults.py``). The file is a ``torch.save`` pickle written by mtlbench into the user's own results
@@ -13,7 +17,7 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -48,6 +52,37 @@ class CheckpointPolicy:
     def path(self, run_id: str) -> Path:
         assert self.root is not None
         return Path(self.root) / f"{run_id}{SUFFIX}"
+
+    def due(self, epoch: int, epochs: int) -> bool:
+        """Save after ``epoch``? Every ``every`` epochs, but not after the last: only the final evaluation would be
+        left to redo."""
+        return self.enabled and epoch % self.every == 0 and epoch < epochs
+
+    def exists(self, run_id: str) -> bool:
+        return self.root is not None and self.path(run_id).exists()
+
+    def discard(self, run_id: str, *, keep: bool | None = None) -> None:
+        """Remove a run's checkpoint, unless kept (``keep`` overrides the policy's)."""
+        if self.root is not None and not (self.keep if keep is None else keep):
+            self.path(run_id).unlink(missing_ok=True)
+
+    def before_run(self, run_id: str, *, recorded: str | None, force: bool, resume_diverged: bool) -> None:
+        """A forced re-run starts over, not from a kept checkpoint; so does a cell recorded as diverged (kept from
+        an earlier ``--resume-diverged`` run) unless diverged cells resume."""
+        if force or (recorded == "diverged" and not resume_diverged):
+            self.discard(run_id, keep=False)
+
+    def after_run(self, run_id: str, status: str, *, resume_diverged: bool) -> None:
+        """Once the result is stored: an ok run's checkpoint goes (unless kept); a failed one stays, so a retry
+        resumes it; a diverged one goes (resuming would reproduce the divergence) unless diverged cells resume."""
+        if status == "ok" or (status == "diverged" and not resume_diverged):
+            self.discard(run_id)
+
+    def clean_temporaries(self) -> None:
+        """Remove checkpoint files whose write was interrupted (never a complete checkpoint)."""
+        if self.root is not None and Path(self.root).is_dir():
+            for p in Path(self.root).glob(f".*{SUFFIX}.*.tmp"):
+                p.unlink(missing_ok=True)
 
 
 def _plain(value: Any) -> bool:
@@ -133,14 +168,36 @@ def load(path: Path, run_id: str, device: torch.device) -> dict[str, Any]:
     return payload
 
 
-def discard(policy: CheckpointPolicy, run_id: str) -> None:
-    """Remove a run's checkpoint (after its result is stored), unless the policy keeps them."""
-    if policy.root is not None and not policy.keep:
-        policy.path(run_id).unlink(missing_ok=True)
+class RunCheckpoint:
+    """One run's checkpoint file under a policy: the trainer's epoch callback that saves it, and the load that
+    resumes from it. ``seconds`` is the time spent writing."""
 
+    def __init__(self, policy: CheckpointPolicy, run_id: str, *, cell: str, epochs: int,
+                 device: torch.device) -> None:
+        self.policy, self.run_id, self.cell, self.epochs, self.device = policy, run_id, cell, epochs, device
+        self.seconds = 0.0
 
-def clean_temporaries(root: Path) -> None:
-    """Remove checkpoint files whose write was interrupted (never a complete checkpoint)."""
-    if root.is_dir():
-        for p in root.glob(f".*{SUFFIX}.*.tmp"):
-            p.unlink(missing_ok=True)
+    def saver(self, elapsed: Callable[[], float], extra: Callable[[], dict[str, Any]] = dict) -> Any:
+        """The trainer's ``on_epoch`` callback (None when checkpoints are off); ``elapsed`` is the run's time so far,
+        ``extra`` what else the run needs to resume (FastCAR's chosen transform)."""
+        if not self.policy.enabled:
+            return None
+
+        def save_epoch(trainer: Any) -> None:
+            e = trainer.epoch
+            if not self.policy.due(e, self.epochs):
+                return
+            payload = {"run_id": self.run_id, "epoch": e, "elapsed_s": elapsed(), "trainer": trainer.state_dict(),
+                       **extra()}
+            self.seconds += save(self.policy.path(self.run_id), payload, cell=self.cell, epoch=e)
+        return save_epoch
+
+    def load(self) -> dict[str, Any] | None:
+        """The saved payload, None when there is none; :class:`CheckpointError` when it cannot be used."""
+        if not self.policy.enabled or not self.policy.exists(self.run_id):
+            return None
+        return load(self.policy.path(self.run_id), self.run_id, self.device)
+
+    @staticmethod
+    def resume(trainer: Any, payload: dict[str, Any]) -> None:
+        trainer.load_state_dict(payload["trainer"])

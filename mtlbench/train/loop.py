@@ -12,9 +12,10 @@ import numpy as np
 import torch
 
 from mtlbench import faults
-from mtlbench.config import Protocol
+from mtlbench.config import TrainingProtocol
 from mtlbench.errors import Diverged
 from mtlbench.metrics import task_metrics
+from mtlbench.train.checkpoint import attribute_state, load_attribute_state, load_rng_state, rng_state
 from mtlbench.train.learners import Learner
 
 ProgressFn = Callable[[str, dict[str, Any]], None]
@@ -61,7 +62,7 @@ class TrainState:
 class Trainer:
     """Trains one learner on one data set, epoch by epoch (so FastCAR can continue after its one-epoch test)."""
 
-    def __init__(self, learner: Learner, data: Any, protocol: Protocol, *, seed: int,
+    def __init__(self, learner: Learner, data: Any, protocol: TrainingProtocol, *, seed: int,
                  progress: ProgressFn | None = None, name: str = "") -> None:
         self.learner, self.data, self.protocol = learner, data, protocol
         self.name = name   # the run's label, for fault-injection points
@@ -137,7 +138,7 @@ class Trainer:
                   "train_loss_cls": mean_losses[0] if names[0] == "cls" else None,
                   "train_loss_reg": mean_losses[1] if len(names) > 1 else None,
                   "val_loss": val["loss"], "val_accuracy": val["accuracy"], "val_mse": val["mse"],
-                  "val_mape": val["mape"]}
+                  "val_mape": val["mape"], "val_mae": val["mae"]}
         self.state.epochs.append(record)
         if weights:
             w = torch.stack(weights).double().cpu().numpy()
@@ -178,15 +179,11 @@ class Trainer:
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue exactly here: see :mod:`mtlbench.train.checkpoint`."""
-        from mtlbench.train.checkpoint import attribute_state, rng_state
-
         return {"module": self.module.state_dict(), "attributes": attribute_state(self.module),
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "rng": rng_state(self.generator), "history": self.state}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        from mtlbench.train.checkpoint import load_attribute_state, load_rng_state
-
         self.module.load_state_dict(state["module"])
         load_attribute_state(self.module, state["attributes"])
         self.optimizer.load_state_dict(state["optimizer"])
