@@ -131,7 +131,7 @@ def compose(architecture: type, weighting: type) -> type:
     """The class LibMTL's ``Trainer._prepare_model`` builds (``class MTLmodel(architecture, weighting)``), with
     :class:`DeviceGradients` first in the MRO, and ``init_param`` called after construction as LibMTL does."""
 
-    class MTLModel(DeviceGradients, architecture, weighting):  # type: ignore[misc, valid-type]
+    class Composed(DeviceGradients, architecture, weighting):  # type: ignore[misc, valid-type]
         def __init__(self, task_name: list[str], encoder_class: Any, decoders: torch.nn.ModuleDict,
                      rep_grad: bool, multi_input: bool, device: torch.device, **kwargs: Any) -> None:
             super().__init__(task_name, encoder_class, decoders, rep_grad, multi_input, device, **kwargs)
@@ -139,5 +139,5 @@ def compose(architecture: type, weighting: type) -> type:
             self.train_loss_buffer = None
             self.init_param()
 
-    MTLModel.__name__ = MTLModel.__qualname__ = f"{architecture.__name__}_{weighting.__name__}"
-    return MTLModel
+    Composed.__name__ = Composed.__qualname__ = f"{architecture.__name__}_{weighting.__name__}"
+    return Composed

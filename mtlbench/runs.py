@@ -40,6 +40,7 @@ def train_mtl(run: RunRecord, progress: ProgressFn | None) -> EpochFn | None:
     if p.channels_last:
         built.module.to(memory_format=torch.channels_last)
     run.row["hparams_json"] = json.dumps(built.hparams, sort_keys=True, default=str)
+    run.row.update(structure(cfg.architecture, built.module, p.img_size))
     mean, std = 0.0, 1.0
     if cfg.target_scaling == "standard":
         stats = table.target_stats("train")
@@ -58,6 +59,24 @@ def why_not_applicable(cfg: RunConfig) -> str | None:
     if cfg.kind != "mtl":
         return None
     return not_applicable(ARCHITECTURES.entry(cfg.architecture), WEIGHTINGS.entry(cfg.weighting))
+
+
+def structure(architecture: str, module: torch.nn.Module, img_size: int) -> dict[str, Any]:
+    """What a cell's model shares: backbone and shared parameter counts, and for TreeMTL's tree models the branch
+    point, the layout and the backbone's MACs."""
+    decoders = sum(p.numel() for p in module.decoders.parameters())
+    out: dict[str, Any] = {
+        "backbone_params": sum(p.numel() for p in module.parameters()) - decoders,
+        "shared_params": sum(p.numel() for p in module.get_share_params())}
+    k = ARCHITECTURES.entry(architecture).trait("branch_point")
+    if k is not None:
+        from mtlbench.treemtl.costs import branch_layout, resnet18_stage_costs, tree_cost
+        from mtlbench.treemtl.layouts import layout_key
+
+        task_num = len(module.task_name)
+        out.update(branch_point=int(k), layout=layout_key(branch_layout(k, task_num)),
+                   backbone_macs=float(tree_cost(k, resnet18_stage_costs(img_size), task_num).macs))
+    return out
 
 
 #: How each kind of run builds its trainer (``RunConfig.kind``).

@@ -70,11 +70,18 @@ def small_spec(tmp_path: Path, data: Path, *, weightings='["EW", "UW", "DWA", "R
     return path
 
 
+#: The torch threads of each smoke worker: the local executor gives each of its 2 workers half the cores. Another
+#: executor reproduces the smoke rows bit for bit only with the same thread count (tests/test_ray.py).
+SMOKE_THREADS = max(1, (os.cpu_count() or 1) // 2)
+
+
 @pytest.fixture(scope="session")
 def smoke_results(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Path:
-    """The shipped smoke sweep (every registered cell + FastCAR), run once per session through the real CLI."""
+    """The shipped smoke sweep (every registered cell + FastCAR), run once per session through the real CLI, on the
+    local executor with 2 worker processes (each with half the cores' threads: see SMOKE_THREADS)."""
     out = tmp_path_factory.mktemp("smoke") / "results"
-    proc = run_cli("sweep", "smoke", "--out", str(out), cache=cache_dir, timeout=3000)
+    proc = run_cli("sweep", "smoke", "--out", str(out), "--executor", "local", "--workers", "2", cache=cache_dir,
+                   timeout=3000)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return out
 

@@ -78,3 +78,19 @@ def test_epochs_and_predictions_tables(smoke_results, runs):
     preds = pd.read_parquet(smoke_results / "predictions.parquet")
     assert len(preds) == len(runs) * 2 * runs.n_test.iloc[0]
     assert preds.true_target.between(100, 1500).all()
+
+
+def test_tree_models_record_their_structure(runs):
+    grid = runs[runs.kind == "mtl"].set_index(["architecture", "weighting", "decoder"])
+    for k in range(6):
+        arch = f"Tree-b{k}" if k < 5 else "HPS"
+        r = grid.loc[(arch, "EW", "decoder1")]
+        assert r.branch_point == k and r.layout.count("|") == 4 and r.backbone_macs > 0, arch
+        assert r.layout.startswith("0,1" if k else "0/1")
+    macs = [grid.loc[(f"Tree-b{k}" if k < 5 else "HPS", "EW", "decoder1")].backbone_macs for k in range(6)]
+    assert macs == sorted(macs, reverse=True)     # the later the branch, the less the backbone computes
+    assert grid.loc[("Tree-b0", "EW", "decoder1")].shared_params == 0
+    assert grid.loc[("HPS", "EW", "decoder1")].shared_params == grid.loc[("HPS", "EW", "decoder1")].backbone_params
+    assert grid[~grid.index.get_level_values(0).str.startswith("Tree") & (grid.index.get_level_values(0) != "HPS")
+                ].branch_point.isna().all()
+    assert (grid.shared_params <= grid.backbone_params).all()

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import run_cli, small_spec
+from conftest import SMOKE_THREADS, run_cli, small_spec
 from mtlbench.records.store import ResultsStore
 from mtlbench.methods.registry import ARCHITECTURES
 from mtlbench.sweep.runner import SweepUI, run_sweep
@@ -27,13 +27,13 @@ def test_ray_smoke_sweep_has_the_sequential_rows(smoke_results: Path, tmp_path: 
     # cell sequentially. The executor is the same for every cell, so the grid's growth must not grow this test.
     only = (f"arch={'|'.join(ARCHITECTURES.names('paper'))},"
             f"weighting={'|'.join(RAY_WEIGHTINGS)}")
-    proc = run_cli("sweep", "smoke", "--out", str(out), "--executor", "ray", "--only", only, cache=cache_dir,
-                   timeout=3000)
+    proc = run_cli("sweep", "smoke", "--out", str(out), "--executor", "ray", "--only", only,
+                   "--cpus-per-cell", str(SMOKE_THREADS), cache=cache_dir, timeout=3000)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     ray = pd.read_parquet(out / "runs.parquet").set_index("run_id").sort_index()
     seq = pd.read_parquet(smoke_results / "runs.parquet").set_index("run_id").sort_index().loc[ray.index]
     assert len(ray) == 6 * len(RAY_WEIGHTINGS) * 2 and (ray.status == "ok").all()
-    assert set(ray.executor) == {"ray"} and set(seq.executor) == {"sequential"}
+    assert set(ray.executor) == {"ray"} and set(seq.executor) == {"local"}
     # Fixed seeds on the CPU, each Ray task with the same thread count: the same numbers, bit for bit.
     pd.testing.assert_frame_equal(ray[METRICS + ["best_epoch"]], seq[METRICS + ["best_epoch"]], check_exact=True)
     for name in ("epochs", "weights", "predictions"):

@@ -346,3 +346,28 @@ def test_missing_heading_is_zero_when_every_cell_ran_and_counts_a_failed_fastcar
     store.consolidate()
     res = render_report([tmp_path / "full"], tmp_path / "out", formats=("html",), metrics=("accuracy",))
     assert _missing_heading(res.out_dir) == "Missing &amp; failed (1)"
+
+
+def test_rankings_in_the_report(tmp_path, grid):
+    """Two seeds of a complete 2 x 3 grid: the critical-difference diagrams and mean ranks are drawn and exported;
+    the shared grid fixture (one seed for most cells) says why it has none."""
+    root, _ = grid
+    res = render_report([root], tmp_path / "one", formats=("png",), metrics=("accuracy",))
+    assert any("critical-difference diagram" in s.lower() and "fewer than 2 seeds" in s for s in res.skipped)
+    store = ResultsStore(tmp_path / "two")
+    for arch in ("HPS", "MTAN"):
+        for w in WEIGHTINGS:
+            for dec in DECODERS:
+                for seed in (0, 1):
+                    acc, mse, mape, secs = _values(arch, w, dec, seed)
+                    rid = f"{arch}-{w}-{dec}-s{seed}".lower()
+                    store.write_cell(rid, {"runs": [_row(rid, arch=arch, weighting=w, decoder=dec, seed=seed,
+                                                         acc=acc, mse=mse, mape=mape, total_s=secs)]})
+    store.consolidate()
+    out = tmp_path / "out"
+    res = render_report([tmp_path / "two"], out, formats=("png", "csv"), metrics=("accuracy",))
+    assert (out / "cd_weighting_accuracy.png").stat().st_size > 0
+    ranks = pd.read_csv(out / "cd_weighting_accuracy.csv").set_index("weighting")["mean_rank"]
+    # _values: accuracy falls with the weighting's index in every block (HPS+EW/decoder1 seed 1 aside)
+    assert ranks.idxmin() in ("EW", "UW") and ranks.idxmax() == "IMTL"
+    assert (out / "ranking_weighting.csv").exists()

@@ -31,7 +31,7 @@ class CGCOptions:
     num_experts: list[int] = field(default_factory=lambda: [1, 1, 1])    # shared, then one count per task
 
 
-ARCHITECTURES.add("HPS", A.HPS, options=NoOptions, library=LIBMTL,
+ARCHITECTURES.add("HPS", A.HPS, options=NoOptions, library=LIBMTL, branch_point=5,   # TreeMTL's Tree-b5
                   reference="Caruana, Multitask Learning: A Knowledge-Based Source of Inductive Bias, ICML 1993",
                   summary="hard parameter sharing: one shared ResNet-18 encoder")
 ARCHITECTURES.add("Cross_stitch", A.Cross_stitch, options=NoOptions, library=LIBMTL,

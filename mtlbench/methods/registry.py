@@ -12,6 +12,8 @@ method is adding its file. Traits (keyword arguments beyond the entry's fields):
   (``w_i >= 0``) of the task gradients, or False where it promises none; ``tests/methods/test_contract.py`` checks
   the promise on every weighting that makes it.
 - architecture ``shared`` (bool, default True): some parameters are used by two or more tasks.
+- architecture ``branch_point`` (int): a TreeMTL tree model that branches after that many of the ResNet trunk's 5
+  stages (Tree-b0 ... Tree-b4, and HPS as 5); its runs record their layout and backbone cost.
 """
 
 from __future__ import annotations

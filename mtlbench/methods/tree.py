@@ -108,6 +108,7 @@ def _register(k: int) -> type:
     cls = type(f"Tree_b{k}", (Tree,), {"branch_point": k, "__doc__": doc, "__module__": __name__})
     shared = ", ".join(STAGE_NAMES[:k])
     ARCHITECTURES.add(name, cls, options=TreeOptions, library="mtlbench", reference=REFERENCE, shared=k > 0,
+                      branch_point=k,
                       summary=(f"ResNet-18 {shared} shared, the rest one copy per task (TreeMTL's branch point "
                                f"{k}; written here)") if k else
                               "one ResNet-18 per task, nothing shared (TreeMTL's branch point 0; written here)")

@@ -71,6 +71,13 @@ RUNS = pa.schema([
     pa.field("latency_b1_ms", pa.float64()),
     pa.field("latency_batch_ms", pa.float64()),
     pa.field("params", pa.int64()),
+    pa.field("backbone_params", pa.int64()),                  # every parameter but the task decoders'
+    pa.field("shared_params", pa.int64()),                    # what gradient weightings combine (get_share_params)
+    # TreeMTL tree models (Tree-b0..b4, HPS = b5): the branch point, the canonical layout key
+    # (mtlbench.treemtl.layouts) and the backbone's MACs per image at img_size (null for other architectures).
+    pa.field("branch_point", pa.int64()),
+    pa.field("layout", pa.string()),
+    pa.field("backbone_macs", pa.float64()),
     # This run's own peak, MiB. peak_mem_method says how it was measured (mtlbench.memory):
     #   cuda_max_allocated: torch.cuda.max_memory_allocated, reset at the run's start (tensors only, no cache);
     #   cpu_rss_sampled: peak of the process's anonymous resident memory (file-backed pages such as the
@@ -121,7 +128,9 @@ WEIGHTS = pa.schema([
 
 PREDICTIONS = pa.schema([
     pa.field("run_id", pa.string(), nullable=False),
-    pa.field("checkpoint", pa.string(), nullable=False),      # best | last
+    # best | last: which epoch's weights made the predictions (the best-validation or the last epoch). The column
+    # name is kept so that results folders written before stay readable; it is not a mid-run checkpoint.
+    pa.field("checkpoint", pa.string(), nullable=False),
     pa.field("index", pa.int64()),
     pa.field("relpath", pa.string()),
     pa.field("true_class", pa.int64()),

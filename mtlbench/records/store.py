@@ -20,7 +20,6 @@ import fcntl
 import json
 import os
 import shutil
-import tempfile
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,7 +29,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mtlbench.atomic import atomic_path, fsync_dir, write_text_atomic
+from mtlbench.atomic import atomic_dir, atomic_path, write_text_atomic
 from mtlbench.errors import MtlbenchError
 from mtlbench import faults
 from mtlbench.records.schema import SCHEMA_VERSION, TABLES, empty, to_arrow
@@ -126,27 +125,14 @@ class ResultsStore:
                 and (p / "runs.parquet").exists()}
 
     def write_cell(self, run_id: str, tables: dict[str, list[dict]]) -> None:
-        """Write a finished run's rows atomically: a temp folder, then one rename. Replaces an older result."""
+        """Write a finished run's rows atomically: a temporary folder, then one rename. Replaces an older result
+        (``--force``: the old one is moved aside first, so the swap is never half-done)."""
         self.cells_dir.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{run_id}.", dir=self.cells_dir))
-        try:
+        with atomic_dir(self.cell_dir(run_id), replace=True) as tmp:
             for name in TABLES:
                 rows = tables.get(name, [])
                 if rows or name == "runs":
                     pq.write_table(to_arrow(name, rows), tmp / f"{name}.parquet")
-            fsync_dir(tmp)
-            final = self.cell_dir(run_id)
-            if final.exists():  # --force: move the old result aside first so the swap is never half-done
-                trash = self.cells_dir / f".old.{run_id}.{uuid.uuid4().hex}"
-                os.rename(final, trash)
-                os.rename(tmp, final)
-                shutil.rmtree(trash, ignore_errors=True)
-            else:
-                os.rename(tmp, final)
-            fsync_dir(self.cells_dir)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
 
     def clean_temporaries(self) -> None:
         """Remove leftovers of writes interrupted by a crash (never a finished cell)."""

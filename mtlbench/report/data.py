@@ -35,15 +35,15 @@ class MetricSpec:
     """How one metric is read from ``runs``, scaled for display, labelled and ranked."""
 
     name: str
-    column: str | None        # a runs column; None = ``<checkpoint>_<name>`` (a test metric)
+    column: str | None        # a runs column; None = ``<selection>_<name>`` (a test metric)
     title: str                # heading / figure title
     cbar: str                 # colour-bar / axis label, with the unit
     scale: float              # display value = stored value * scale
     better: str               # "max" | "min"
     fmt: str                  # format of one value
 
-    def source(self, checkpoint: str) -> str:
-        return self.column or f"{checkpoint}_{self.name}"
+    def source(self, selection: str) -> str:
+        return self.column or f"{selection}_{self.name}"
 
     def format(self, value: float | None) -> str:
         if value is None or not np.isfinite(value):
@@ -219,7 +219,7 @@ def _stats(values: pd.Series) -> tuple[float, float, int]:
     return float(v.mean()), (float(v.std(ddof=1)) if n > 1 else float("nan")), n
 
 
-def _summarise(group: pd.DataFrame, specs: list[MetricSpec], checkpoint: str) -> dict[str, Any]:
+def _summarise(group: pd.DataFrame, specs: list[MetricSpec], selection: str) -> dict[str, Any]:
     counts = group["status"].value_counts()
     n_ok, n_failed, n_div = (int(counts.get(s, 0)) for s in ("ok", "failed", "diverged"))
     if n_ok:
@@ -241,14 +241,14 @@ def _summarise(group: pd.DataFrame, specs: list[MetricSpec], checkpoint: str) ->
     # runs whose validation scores still swung at the end (mtlbench.stability); older records lack the column
     row["n_unstable"] = int((ok["unstable"] == True).sum()) if "unstable" in ok else 0  # noqa: E712 (nullable)
     for spec in specs:
-        col = spec.source(checkpoint)
+        col = spec.source(selection)
         values = ok[col] * spec.scale if col in ok else pd.Series(dtype=float)
         mean, std, n = _stats(values)
         row[f"{spec.name}_mean"], row[f"{spec.name}_std"], row[f"{spec.name}_n"] = mean, std, n
     return row
 
 
-def aggregate_cells(runs: pd.DataFrame, specs: list[MetricSpec], checkpoint: str = "best") -> pd.DataFrame:
+def aggregate_cells(runs: pd.DataFrame, specs: list[MetricSpec], selection: str = "best") -> pd.DataFrame:
     """One row per grid cell: status, seed counts and per metric ``<m>_mean``, ``<m>_std``, ``<m>_n``."""
     mtl = runs[runs["kind"] == "mtl"]
     cols = [*CELL_KEY, "status", "n_runs", "n_ok", "n_failed", "n_diverged", "n_unstable", "seeds", "message",
@@ -258,15 +258,15 @@ def aggregate_cells(runs: pd.DataFrame, specs: list[MetricSpec], checkpoint: str
         return pd.DataFrame(columns=cols)
     rows = []
     for key, group in mtl.groupby(list(CELL_KEY), sort=False, dropna=False):
-        rows.append({**dict(zip(CELL_KEY, key)), **_summarise(group, specs, checkpoint)})
+        rows.append({**dict(zip(CELL_KEY, key)), **_summarise(group, specs, selection)})
     return pd.DataFrame(rows, columns=cols)
 
 
-def aggregate_fastcar(runs: pd.DataFrame, specs: list[MetricSpec], checkpoint: str = "best") -> dict[str, Any] | None:
+def aggregate_fastcar(runs: pd.DataFrame, specs: list[MetricSpec], selection: str = "best") -> dict[str, Any] | None:
     fc = runs[runs["kind"] == "fastcar"]
     if fc.empty:
         return None
-    return _summarise(fc, specs, checkpoint)
+    return _summarise(fc, specs, selection)
 
 
 def axes_of(results: Results) -> Axes:

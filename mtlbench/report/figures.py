@@ -331,3 +331,120 @@ def branching_trees(trees: list[tuple[str, list[list[int]], list[str]]], tasks: 
         fig.suptitle("LTB: the branching tree each run ended with (argmax parents)", x=0.01, ha="left",
                      fontweight="bold")
     return fig
+
+
+def _context_label(row: pd.Series) -> str:
+    """"EW / decoder1" (+ " / standard" for scaled targets) of a TreeMTL table row."""
+    scaling = row.get("target_scaling")
+    return f"{row['weighting']} / {row['decoder']}" + (f" / {scaling}" if scaling not in (None, "none") else "")
+
+
+def treemtl_delta_t(pair: pd.DataFrame) -> Figure:
+    """TreeMTL's pair table: Δt of each task against the branch point b (0 = independent trunks .. 5 = HPS), one line
+    per task (and weighting / decoder), ± the sample std over seeds as error bars, the min..max over seeds shaded."""
+    groups = list(pair.groupby(["weighting", "decoder", "target_scaling", "task"], sort=False, dropna=False))
+    several = pair[["weighting", "decoder", "target_scaling"]].drop_duplicates().shape[0] > 1
+    with matplotlib.rc_context(RC):
+        fig = new_figure(8.5, 5.2)
+        ax = fig.add_subplot()
+        colours = colormaps["tab10"]
+        for k, (key, g) in enumerate(groups):
+            g = g.sort_values("branch_point")
+            x = g["branch_point"].to_numpy(float)
+            mean = g["dt_mean"].to_numpy(float)
+            lo, hi = g["dt_min"].to_numpy(float), g["dt_max"].to_numpy(float)
+            std = np.nan_to_num(g["dt_std"].to_numpy(float), nan=0.0)
+            colour = colours(k % 10)
+            label = f"{key[3]} ({g['metrics'].iloc[0]})" + (f", {_context_label(g.iloc[0])}" if several else "")
+            ax.fill_between(x, lo, hi, color=colour, alpha=0.15, linewidth=0)
+            ax.errorbar(x, mean, yerr=std, fmt="-o", color=colour, markersize=5, linewidth=1.6, capsize=3,
+                        elinewidth=1, label=label)
+        ax.axhline(0, color="black", linewidth=0.8, linestyle="--")
+        points = pair[["branch_point", "architecture"]].drop_duplicates("branch_point").sort_values("branch_point")
+        ax.set_xticks(points["branch_point"].to_numpy(int),
+                      [f"{b}\n{a}" for b, a in zip(points["branch_point"], points["architecture"])])
+        ax.set_xlabel("Branch point b (shared blocks: 0 = independent trunks, 5 = HPS)")
+        ax.set_ylabel("Δt (%) vs the b = 0 model  - higher is better")
+        context = "" if several or pair.empty else f", {_context_label(pair.iloc[0])}"
+        ax.set_title(f"TreeMTL pair table{context}: Δt per task (mean over seeds; bars ± std, band min..max)",
+                     loc="left", fontsize=10)
+        ax.grid(True, alpha=0.3)
+        ax.legend(loc="best", fontsize=8, title="task (metrics)", title_fontsize=8)
+    return fig
+
+
+def treemtl_score_macs(rec: pd.DataFrame, one_backbone_macs: float | None, budget_macs: float | None) -> Figure:
+    """The ranked layouts' score S against backbone GMACs; ``rec`` carries a boolean ``pareto`` column (max score,
+    min MACs). Filled markers fit the budget, hollow ones do not; recommended layouts are ringed. ``budget_macs``:
+    the budget as a vertical line; ``one_backbone_macs`` adds the MACs % axis (vs independent trunks) on top."""
+    g = rec["macs"].to_numpy(float) / 1e9
+    s = rec["score"].to_numpy(float)
+    fits = rec["fits"].to_numpy(bool)
+    recommended = rec["recommended"].to_numpy(bool)
+    front = rec["pareto"].to_numpy(bool)
+    with matplotlib.rc_context(RC):
+        fig = new_figure(8.5, 5.6)
+        ax = fig.add_subplot()
+        colour = "#1f77b4"
+        ax.scatter(g[fits], s[fits], s=36, color=colour, zorder=3, label="fits the budget")
+        if (~fits).any():
+            ax.scatter(g[~fits], s[~fits], s=36, facecolors="white", edgecolors=colour, zorder=3,
+                       label="over the budget")
+        if recommended.any():
+            ax.scatter(g[recommended], s[recommended], s=150, facecolors="none", edgecolors="#2ca02c",
+                       linewidths=1.8, zorder=4, label="recommended")
+        if front.any():
+            order = np.argsort(g[front], kind="stable")
+            ax.step(g[front][order], s[front][order], where="post", color="black", linewidth=1, linestyle="--",
+                    zorder=2, label="Pareto front (max score, min MACs)")
+            ax.scatter(g[front], s[front], s=14, color="black", zorder=5)
+        for k in range(len(rec)):
+            if front[k] or recommended[k]:
+                name = rec["architecture"].iloc[k]
+                name = name if isinstance(name, str) else rec["layout_key"].iloc[k]
+                ax.annotate(f"#{int(rec['rank'].iloc[k])} {name}", (g[k], s[k]), xytext=(6, 5),
+                            textcoords="offset points", fontsize=7.5)
+        budget = str(rec["budget"].iloc[0]) if len(rec) else "none"
+        if budget_macs is not None and np.isfinite(budget_macs):
+            ax.axvline(budget_macs / 1e9, color=FASTCAR_COLOUR, linewidth=1.4, label=f"budget: {budget}")
+        if one_backbone_macs:
+            ref = 2 * one_backbone_macs / 1e9
+            top = ax.secondary_xaxis("top", functions=(lambda x: 100 * (x - ref) / ref,
+                                                       lambda p: ref * (1 + p / 100)))
+            top.set_xlabel("MACs % vs independent trunks")
+        ax.set_xlabel("Backbone GMACs  - lower is cheaper")
+        ax.set_ylabel("Score S (estimated, Eq. 2)  - higher is better")
+        ax.set_title(f"TreeMTL: score vs backbone MACs of the ranked layouts (budget: {budget})", loc="left",
+                     fontsize=10)
+        ax.grid(True, alpha=0.3)
+        ax.legend(loc="best", fontsize=8)
+    return fig
+
+
+def treemtl_verified(ver: pd.DataFrame, title: str) -> Figure:
+    """Predicted (``score``) against trained (``trained_score``) scores of the verified layouts, each named by its
+    predicted rank; dashed: trained = predicted."""
+    x = ver["score"].to_numpy(float)
+    y = ver["trained_score"].to_numpy(float)
+    with matplotlib.rc_context(RC):
+        fig = new_figure(7.0, 6.0)
+        ax = fig.add_subplot()
+        ax.scatter(x, y, s=46, color="#1f77b4", zorder=3)
+        for k in range(len(ver)):
+            name = ver["architecture"].iloc[k]
+            name = name if isinstance(name, str) else ver["layout_key"].iloc[k]
+            ax.annotate(f"#{int(ver['rank'].iloc[k])} {name}", (x[k], y[k]), xytext=(6, 5),
+                        textcoords="offset points", fontsize=8)
+        both = np.concatenate([x, y])
+        lo, hi = float(np.nanmin(both)), float(np.nanmax(both))
+        pad = 0.12 * (hi - lo if hi > lo else max(abs(hi), 1.0))
+        ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], color="black", linewidth=1, linestyle="--",
+                label="trained = predicted")
+        ax.set_xlim(lo - pad, hi + pad)
+        ax.set_ylim(lo - pad, hi + pad)
+        ax.set_xlabel("Predicted score S (from the pair table)")
+        ax.set_ylabel("Trained score (the layout trained, same task weights)")
+        ax.set_title(title, loc="left", fontsize=10)
+        ax.grid(True, alpha=0.3)
+        ax.legend(loc="upper left", fontsize=8)
+    return fig

@@ -15,6 +15,7 @@ from mtlbench.config import cell_name
 from mtlbench.errors import ConfigError, MtlbenchError
 from mtlbench.report import figures as F
 from mtlbench.report import html as H
+from mtlbench.report.ranking import add_rankings
 from mtlbench.report.data import (CELL_KEY, ENV_FIELDS, METRIC_SPECS, PROTOCOL_FIELDS, Axes, MetricSpec,
                                   aggregate_cells, aggregate_fastcar, axes_of, coverage_counts, example_config,
                                   find_missing, load_results, metric_specs, value_counts)
@@ -27,7 +28,9 @@ HeatmapKey = tuple[str, str, str]   # (metric, decoder, target_scaling)
 
 # Files this module writes; a re-render removes its own stale ones (never anything else in the folder).
 _OWN = re.compile(r"^(heatmap_.+\.(png|svg|csv)|(scatter_accuracy_mape|fastcar_predictions|fastcar_confusion|"
-                  r"learning_curves|ltb_trees)\.(png|svg)|summary\.(md|csv)|cells\.csv|report\.html)$")
+                  r"learning_curves|ltb_trees)\.(png|svg)|treemtl_(delta_t|score_macs|verified)(_\d+)?\.(png|svg|csv)|"
+                  r"cd_(weighting|architecture)_\w+\.(png|svg|csv)|ranking_(weighting|architecture)\.csv|"
+                  r"summary\.(md|csv)|cells\.csv|report\.html)$")
 
 
 @dataclass
@@ -93,12 +96,12 @@ def _mean_curve(epochs: pd.DataFrame, run_ids: Sequence[str]) -> pd.DataFrame:
 
 def render_report(results: list[Path] | Path | str, out: Path | str | None = None, *,
                   formats: Iterable[str] = FORMATS, metrics: Iterable[str] = DEFAULT_METRICS,
-                  checkpoint: str = "best") -> ReportResult:
+                  selection: str = "best") -> ReportResult:
     """Render the report of one or more results folders into ``out`` (default: ``results[0] / "report"``).
 
     ``formats``: any of png, svg (one file per figure), md, csv (summary, per-cell table, heatmap matrices), html
     (one self-contained page). ``metrics``: the heatmaps and summary rows, any of accuracy, mse, mape, time (and
-    rmse, mae, within8). ``checkpoint``: "best" (test metrics at the best validation epoch) or "last".
+    rmse, mae, within8). ``selection``: "best" (test metrics at the best validation epoch) or "last".
     Raises :class:`~mtlbench.errors.MtlbenchError` naming the folder when there is nothing to report.
     """
     folders = [Path(results)] if isinstance(results, (str, Path)) else [Path(r) for r in results]
@@ -106,14 +109,14 @@ def render_report(results: list[Path] | Path | str, out: Path | str | None = Non
         raise MtlbenchError("no results folder given to the report")
     formats = _check_formats(formats)
     specs = metric_specs(metrics)
-    if checkpoint not in ("best", "last"):
-        raise ConfigError(f"unknown checkpoint {checkpoint!r}; choose best or last")
+    if selection not in ("best", "last"):
+        raise ConfigError(f"unknown selection {selection!r}; choose best or last")
     all_specs = list(METRIC_SPECS.values())
 
     data = load_results(folders)
     axes = axes_of(data)
-    cells = _sort_cells(aggregate_cells(data.runs, all_specs, checkpoint), axes)
-    fastcar = aggregate_fastcar(data.runs, all_specs, checkpoint)
+    cells = _sort_cells(aggregate_cells(data.runs, all_specs, selection), axes)
+    fastcar = aggregate_fastcar(data.runs, all_specs, selection)
     missing = find_missing(data, cells, axes) + _unstable_note(data.runs)
 
     out_dir = Path(out) if out is not None else folders[0] / "report"
@@ -176,7 +179,7 @@ def render_report(results: list[Path] | Path | str, out: Path | str | None = Non
                         f"{win['architecture']}+{win['weighting']} {spec.format(win[f'{spec.name}_mean'])}."
                         if win is not None else "")
             caption = (f"Architecture (rows) x weighting scheme (columns), {fam_label}; {spec.cbar}, test set, "
-                       f"{checkpoint} validation epoch. Each cell: mean over the seeds that finished ok "
+                       f"{selection} validation epoch. Each cell: mean over the seeds that finished ok "
                        f"(± sample std when there are several; * = some seeds failed or diverged). Hatched cells "
                        f"failed or diverged; blank cells were not run. One colour scale for every decoder "
                        f"[{spec.format(vmin)}, {spec.format(vmax)}], lighter = better."
@@ -198,20 +201,20 @@ def render_report(results: list[Path] | Path | str, out: Path | str | None = Non
         fc = fc_runs.iloc[0]
         seed_txt = f"seed {fc['seed']}" + (f", the first of {len(fc_runs)}" if len(fc_runs) > 1 else "")
         pred = data.predictions[(data.predictions["run_id"] == fc["run_id"]) &
-                                (data.predictions["checkpoint"] == checkpoint)]
+                                (data.predictions["checkpoint"] == selection)]
         if not pred.empty:
-            mape, mse = fc.get(f"{checkpoint}_mape"), fc.get(f"{checkpoint}_mse")
-            title = (f"FastCAR ({seed_txt}): predicted vs true hardness\ntest set, {checkpoint} checkpoint; "
+            mape, mse = fc.get(f"{selection}_mape"), fc.get(f"{selection}_mse")
+            title = (f"FastCAR ({seed_txt}): predicted vs true hardness\ntest set, {selection} epoch; "
                      f"MAPE {mape:.2f}%, MSE {mse:.1f}" if pd.notna(mape) and pd.notna(mse) else
                      f"FastCAR ({seed_txt}): predicted vs true hardness")
             emit(F.predictions_scatter(pred, title), "fastcar_predictions", "FastCAR: predicted vs true hardness",
                  f"Each test image ({len(pred)}), coloured by its true class; dashed: prediction = truth. "
                  f"Run {fc['run_id']}.")
         else:
-            skipped.append(f"FastCAR prediction scatter skipped: no '{checkpoint}' rows in the predictions table.")
-        cm_fig = F.confusion(fc.get(f"{checkpoint}_confusion_json"),
-                             f"FastCAR ({seed_txt}): confusion matrix\naccuracy {fc.get(f'{checkpoint}_accuracy'):.2f}%"
-                             if pd.notna(fc.get(f"{checkpoint}_accuracy")) else "FastCAR: confusion matrix")
+            skipped.append(f"FastCAR prediction scatter skipped: no '{selection}' rows in the predictions table.")
+        cm_fig = F.confusion(fc.get(f"{selection}_confusion_json"),
+                             f"FastCAR ({seed_txt}): confusion matrix\naccuracy {fc.get(f'{selection}_accuracy'):.2f}%"
+                             if pd.notna(fc.get(f"{selection}_accuracy")) else "FastCAR: confusion matrix")
         if cm_fig is not None:
             emit(cm_fig, "fastcar_confusion", "FastCAR: confusion matrix",
                  "Rows: true class, columns: class predicted (after the inverse label transform); test set.")
@@ -247,6 +250,15 @@ def render_report(results: list[Path] | Path | str, out: Path | str | None = Non
 
     if draw:
         _ltb_trees(data, several_scalings, emit, skipped)
+    if draw or "csv" in formats:
+        _treemtl_figures(data.folders, formats, out_dir, files, emit, skipped)
+    if has_grid:   # which weighting (architecture) wins across the grid: mean ranks, Friedman, Nemenyi
+        frames = add_rankings(data.mtl, emit, skipped, selection, draw=draw)
+        if "csv" in formats:
+            for name, frame in frames.items():
+                path = _stem(out_dir, name).with_suffix(".csv")
+                frame.to_csv(path, index=False)
+                files.append(path)
 
     # -- summary and tables ----------------------------------------------------------------------------------------
     summary = build_summary(cells, fastcar, specs, axes)
@@ -267,7 +279,7 @@ def render_report(results: list[Path] | Path | str, out: Path | str | None = Non
     if "html" in formats:
         path = out_dir / "report.html"
         path.write_text(_html(title, data, axes, summary, cells, per_cell, fastcar, missing, blocks, skipped, specs,
-                              checkpoint), encoding="utf-8")
+                              selection), encoding="utf-8")
         files.append(path)
     return ReportResult(out_dir=out_dir, files=files, summary=summary, missing=missing, heatmaps=heatmaps,
                         color_limits=limits, cells=cells, fastcar=fastcar, skipped=skipped)
@@ -308,6 +320,134 @@ def _ltb_trees(data: Any, several_scalings: bool, emit: Any, skipped: list[str])
          "hollow nodes and dotted edges lie on no task's path.")
 
 
+def _one_backbone_macs(rec: pd.DataFrame) -> float | None:
+    """One trunk's MACs from the recommendations table: macs_pct is against len(TASKS) independent trunks."""
+    from mtlbench.treemtl.tables import TASKS
+
+    m, pct = rec["macs"].to_numpy(float), rec["macs_pct"].to_numpy(float)
+    ok = np.isfinite(m) & np.isfinite(pct) & (pct > -100)
+    if not ok.any():
+        return None
+    return float(np.median(m[ok] / (len(TASKS) * (1 + pct[ok] / 100))))
+
+
+def _budget_macs(label: str, one_backbone: float | None) -> float | None:
+    """The MACs cap of a recommendations table's budget label (``from_results.Budget.label``); None for a
+    parameter budget or none."""
+    num = r"([0-9.]+(?:e[-+]?[0-9]+)?)"
+    if (m := re.fullmatch(rf"MACs <= {num} backbones", label)) and one_backbone:
+        return float(m.group(1)) * one_backbone
+    if m := re.fullmatch(rf"MACs <= {num} G", label):
+        return float(m.group(1)) * 1e9
+    return None
+
+
+def _treemtl_figures(folders: Sequence[Path], formats: tuple[str, ...], out_dir: Path, files: list[Path],
+                     emit: Any, skipped: list[str]) -> None:
+    """The tables ``mtlbench recommend`` wrote into ``<folder>/treemtl/`` (mtlbench.treemtl.tables): Δt against the
+    branch point, score against MACs of the ranked layouts and, after ``--verify``, predicted against trained
+    scores. Each figure's numbers go to a CSV of the same name."""
+    import pyarrow as pa
+
+    from mtlbench.treemtl.from_results import correlations
+    from mtlbench.treemtl.tables import TASKS, path_of, read_table
+
+    have = [f for f in dict.fromkeys(folders)
+            if path_of(f, "pair_table").is_file() or path_of(f, "recommendations").is_file()]
+    if not have:   # no `mtlbench recommend` here: nothing to say, as for a grid without LTB runs
+        return
+    draw = any(f in formats for f in ("png", "svg", "html"))
+
+    def read(folder: Path, name: str) -> pd.DataFrame | None:
+        if not path_of(folder, name).is_file():
+            return None
+        try:
+            return read_table(folder, name)
+        except (OSError, ValueError, pa.ArrowException) as exc:
+            skipped.append(f"TreeMTL: {path_of(folder, name)} could not be read ({exc}); its figures are skipped.")
+            return None
+
+    def out(frame: pd.DataFrame, name: str, figure: tuple, title: str, caption: str) -> None:
+        """The figure's data as ``name``.csv; the figure (``figure`` = (function, *its arguments)) drawn."""
+        if "csv" in formats:
+            path = _stem(out_dir, name).with_suffix(".csv")
+            frame.to_csv(path, index=False)
+            files.append(path)
+        if draw:
+            emit(figure[0](*figure[1:]), name, title, caption)
+
+    for i, folder in enumerate(have, 1):
+        suffix = f"_{i}" if len(have) > 1 else ""
+        where = f" ({folder})" if len(have) > 1 else ""
+        pair = read(folder, "pair_table")
+        if pair is not None and not pair.empty:
+            pair = pair.sort_values(["weighting", "decoder", "target_scaling", "task", "branch_point"],
+                                    kind="stable").reset_index(drop=True)
+            out(pair, f"treemtl_delta_t{suffix}", (F.treemtl_delta_t, pair),
+                f"TreeMTL: Δt against the branch point{where}",
+                "Δt of each task (% improvement over its b = 0 model, independent trunks; the mean over the task's "
+                "validation metrics, each signed so that higher is better) at each branch point b of the two-task "
+                "models Tree-b0 .. Tree-b4 and HPS: mean over seeds, bars ± sample std, shaded band min..max over "
+                f"seeds. From {path_of(folder, 'pair_table')}.")
+        elif pair is None and path_of(folder, "recommendations").is_file():
+            skipped.append(f"TreeMTL Δt figure skipped{where}: no pair table.")
+        rec = read(folder, "recommendations")
+        if rec is None or rec.empty:
+            if pair is not None:
+                skipped.append(f"TreeMTL score-MACs figure skipped{where}: no ranked layouts (recommendations "
+                               "table absent or empty: `mtlbench recommend` could not rank).")
+            continue
+        rec = rec.sort_values("rank", kind="stable").reset_index(drop=True)
+        one = _one_backbone_macs(rec)
+        budget = str(rec["budget"].iloc[0])
+        cap = _budget_macs(budget, one)
+        score, macs = rec["score"].to_numpy(float), rec["macs"].to_numpy(float)
+        finite = np.isfinite(score) & np.isfinite(macs)
+        front = np.zeros(len(rec), dtype=bool)
+        front[finite] = F.pareto_front(score[finite], macs[finite])
+        rec_out = rec.assign(pareto=front, budget_macs=cap)
+        budget_txt = ("no budget: every layout fits" if budget == "none" else
+                      f"budget {budget}, the red vertical line" if cap is not None else
+                      f"budget {budget}, not a MACs cap: not drawn on this axis")
+        out(rec_out, f"treemtl_score_macs{suffix}",
+            (F.treemtl_score_macs, rec_out, one, cap),
+            f"TreeMTL: score against backbone MACs{where}",
+            f"The ranked layouts (every layout down to the last recommended one) by estimated score S and backbone "
+            f"MACs ({budget_txt}). Filled: fits the budget, hollow: over it; green rings: recommended. Dashed: the "
+            f"Pareto front (no other layout has both a higher score and fewer MACs), its layouts named by rank. "
+            f"From {path_of(folder, 'recommendations')}.")
+        ver = rec[rec["trained_score"].notna()].copy()
+        tried = int(rec["verified_run_id"].notna().sum())
+        if ver.empty:
+            skipped.append(f"TreeMTL verification figure skipped{where}: " +
+                           (f"none of the {tried} verified layouts has a trained score." if tried else
+                            "the recommendations are not verified (`mtlbench recommend --verify`)."))
+            continue
+        sp, pe, notes = correlations(ver["score"].astype(float).tolist(), ver["trained_score"].astype(float).tolist())
+        ver["predicted_rank"] = ver["score"].rank(ascending=False, method="min").astype(int)
+        ver["trained_rank"] = ver["trained_score"].rank(ascending=False, method="min").astype(int)
+        ver["spearman"], ver["pearson"] = sp, pe
+        ver["verified_seed"] = ver["verified_seed"].astype("Int64")   # read back as float where others are null
+        cols = ["weighting", "decoder", "target_scaling", "rank", "layout_key", "architecture", "score",
+                "trained_score", "predicted_rank", "trained_rank", *(f"dt_hat_{t}" for t in TASKS),
+                *(f"trained_dt_{t}" for t in TASKS), "verified_run_id", "verified_seed", "verified_status",
+                "spearman", "pearson"]
+        ver = ver[cols].reset_index(drop=True)
+        fmt = lambda v: "n/a" if v is None else f"{v:.3f}"
+        seeds = sorted({int(s) for s in ver["verified_seed"].dropna()})
+        title = (f"TreeMTL verification: predicted vs trained score ({len(ver)} layouts"
+                 + (f", seed {', '.join(map(str, seeds))}" if seeds else "") + ")\n"
+                 f"Spearman rank correlation = {fmt(sp)}, Pearson correlation = {fmt(pe)}")
+        left_out = tried - len(ver)
+        out(ver, f"treemtl_verified{suffix}", (F.treemtl_verified, ver, title),
+            f"TreeMTL: predicted vs trained score{where}",
+            "Each verified layout trained once more with an unused seed (`mtlbench recommend --verify`): its score "
+            "S predicted from the pair table against the score of its trained Δt with the same task weights; "
+            "dashed: trained = predicted. Spearman: rank correlation, Pearson: linear correlation."
+            + (f" {left_out} verified layout(s) did not finish ok: left out." if left_out else "")
+            + "".join(f" Note: {n}" for n in notes))
+
+
 def all_specs_for_table(specs: list[MetricSpec]) -> list[MetricSpec]:
     """The per-cell table shows the requested metrics and always accuracy, MAPE and MSE."""
     names = [s.name for s in specs] + [m for m in ("accuracy", "mse", "mape", "time", "within8")
@@ -317,11 +457,11 @@ def all_specs_for_table(specs: list[MetricSpec]) -> list[MetricSpec]:
 
 def _html(title: str, data: Any, axes: Axes, summary: pd.DataFrame, cells: pd.DataFrame, per_cell: pd.DataFrame,
           fastcar: dict[str, Any] | None, missing: list[str], blocks: list[H.FigureBlock], skipped: list[str],
-          specs: list[MetricSpec], checkpoint: str) -> str:
+          specs: list[MetricSpec], selection: str) -> str:
     runs = data.runs
     n_mtl, n_fc = int((runs["kind"] == "mtl").sum()), int((runs["kind"] == "fastcar").sum())
     headline = [f"{len(runs)} runs: {n_mtl} MTL grid runs in {len(cells)} cells, {n_fc} FastCAR run(s); "
-                f"test metrics at the {checkpoint} validation epoch."]
+                f"test metrics at the {selection} validation epoch."]
     headline += [m for m in missing if m.startswith("grid:")]
     if fastcar is not None:
         headline.append("FastCAR: " + ", ".join(f"{s.cbar} {s.format(fastcar.get(f'{s.name}_mean'))}" for s in specs))
@@ -336,8 +476,8 @@ def _html(title: str, data: Any, axes: Axes, summary: pd.DataFrame, cells: pd.Da
             "multiples of 1000.")
     fc_table = None
     if n_fc:
-        cols = ["run_id", "seed", "status", f"{checkpoint}_accuracy", f"{checkpoint}_mse", f"{checkpoint}_mape",
-                f"{checkpoint}_within8", "total_s", "label_search_s", "best_epoch", "epochs_run", "message"]
+        cols = ["run_id", "seed", "status", f"{selection}_accuracy", f"{selection}_mse", f"{selection}_mape",
+                f"{selection}_within8", "total_s", "label_search_s", "best_epoch", "epochs_run", "message"]
         fc_table = runs[runs["kind"] == "fastcar"][[c for c in cols if c in runs]]
     cell_fmt = {}
     for s in all_specs_for_table(specs):

@@ -8,6 +8,7 @@ shape at the given image side; like the paper's (Table 1) they count convolution
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from mtlbench.treemtl.estimate import Cost, layout_cost
 from mtlbench.treemtl.layouts import Layout, is_valid
 
 __all__ = ["STAGE_NAMES", "ModelCost", "StageCosts", "branch_layout", "head_cost", "layout_cost_of", "model_cost",
-           "resnet_stages", "stage_costs", "tree_cost", "trunk_macs"]
+           "resnet18_stage_costs", "resnet_stages", "stage_costs", "tree_cost", "trunk_macs"]
 
 #: The 5 branching blocks of a ResNet trunk (TreeMTL's blocks for ResNet: the stem, then one per residual layer).
 STAGE_NAMES = ("stem", "layer1", "layer2", "layer3", "layer4")
@@ -95,6 +96,12 @@ def stage_costs(encoder: nn.Module | None = None, img_size: int = 224) -> StageC
             macs.append(m)
     params = tuple(sum(p.numel() for p in s.parameters()) for s in stages)
     return StageCosts(tuple(macs), params, img_size, tuple(x.shape[1:]))
+
+
+@functools.lru_cache(maxsize=8)
+def resnet18_stage_costs(img_size: int) -> StageCosts:
+    """:func:`stage_costs` of a fresh ResNet-18 trunk, measured once per image side (runs record it)."""
+    return stage_costs(None, img_size)
 
 
 def trunk_macs(encoder: nn.Module | None = None, img_size: int = 224) -> float:

@@ -611,7 +611,7 @@ def verification_spec(pair: PairResult, ranking: Ranking, data: str = "default",
                      description=f"TreeMTL: train the top-{ranking.top_k} layouts of {sel.label} with an unused seed")
 
 
-def _correlations(pred: list[float], trained: list[float]) -> tuple[float | None, float | None, list[str]]:
+def correlations(pred: list[float], trained: list[float]) -> tuple[float | None, float | None, list[str]]:
     notes = []
     n = len(pred)
     if n < 2:
@@ -666,7 +666,7 @@ def verify(pair: PairResult, ranking: Ranking, folder: Path | str, *, data: str 
         else:
             notes.append(f"{r.architecture} seed {spec.seeds[0]}: {status}; left out of the correlations")
         results[r.key] = Trained(rid, status, dt, score)
-    sp, pe, more = _correlations(pred, got)
+    sp, pe, more = correlations(pred, got)
     return Verification(spec.seeds[0], results, sp, pe, len(pred), notes + more)
 
 

@@ -114,3 +114,25 @@ def test_recommend_verify_trains_the_top_layouts(tmp_path, tiny_data, cache_dir)
     # another data set than the pair runs': refused before training
     line = _one_error_line(run_cli("recommend", str(res), "--verify", "--data", "default", cache=cache_dir))
     assert "is not the data of the pair table's runs" in line
+
+
+def test_the_shipped_tree_specs(tmp_path, cache_dir):
+    """``tree`` (the paper-protocol pair sweep) plans the pair models; ``tree-smoke`` runs through the CLI and
+    ``recommend`` reads it."""
+    import mtlbench.methods  # noqa: F401
+    from mtlbench.methods.registry import ARCHITECTURES, WEIGHTINGS, not_applicable
+    from mtlbench.sweep.spec import load_spec
+
+    tree = load_spec("tree")
+    assert tree.architectures == ("Tree-b0", "Tree-b1", "Tree-b2", "Tree-b3", "Tree-b4", "HPS")
+    assert len(tree.weightings) == 17 and tree.protocol.img_size == 224 and tree.protocol.epochs == 100
+    cells = tree.cells()
+    na = [c for c in cells if not_applicable(ARCHITECTURES.entry(c.architecture), WEIGHTINGS.entry(c.weighting))]
+    assert len(cells) == 6 * 17 * 2 * 3 and all(c.architecture == "Tree-b0" for c in na) and na
+    res = tmp_path / "res"
+    proc = run_cli("sweep", "tree-smoke", "--out", str(res), cache=cache_dir)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    proc = run_cli("recommend", str(res), "--budget-backbones", "1.6", cache=cache_dir)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rec = read_table(res, "recommendations")
+    assert rec.loc[rec.recommended, "fits"].all() and len(read_table(res, "pair_table")) == 12
