@@ -36,8 +36,8 @@ def test_ray_smoke_sweep_has_the_sequential_rows(smoke_results: Path, tmp_path: 
     assert set(ray.executor) == {"ray"} and set(seq.executor) == {"local"}
     # Fixed seeds on the CPU, each Ray task with the same thread count: the same numbers, bit for bit.
     # (the smoke table's best_epoch is float: its not-applicable cells have none)
-    pd.testing.assert_frame_equal(ray[METRICS + ["best_epoch"]].astype(float), seq[METRICS + ["best_epoch"]].astype(float),
-                                  check_exact=True)
+    cols = METRICS + ["best_epoch"]
+    pd.testing.assert_frame_equal(ray[cols].astype(float), seq[cols].astype(float), check_exact=True)
     for name in ("epochs", "weights", "predictions"):
         a, b = (pd.read_parquet(d / f"{name}.parquet") for d in (out, smoke_results))
         b = b[b.run_id.isin(ray.index)]   # the smoke fixture ran every registered cell; Ray ran the paper's
