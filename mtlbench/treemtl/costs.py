@@ -100,8 +100,11 @@ def stage_costs(encoder: nn.Module | None = None, img_size: int = 224) -> StageC
 
 @functools.lru_cache(maxsize=8)
 def resnet18_stage_costs(img_size: int) -> StageCosts:
-    """:func:`stage_costs` of a fresh ResNet-18 trunk, measured once per image side (runs record it)."""
-    return stage_costs(None, img_size)
+    """:func:`stage_costs` of a fresh ResNet-18 trunk, measured once per image side (runs record it). The trunk's
+    initialisation draws from a forked RNG: a run's numbers must not depend on whether an earlier run in the same
+    process measured this already."""
+    with torch.random.fork_rng(devices=[]):
+        return stage_costs(None, img_size)
 
 
 def trunk_macs(encoder: nn.Module | None = None, img_size: int = 224) -> float:

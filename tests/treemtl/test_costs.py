@@ -135,3 +135,14 @@ def test_registered_tree_models_match_the_cost_model(at32):
         cost = model_cost(k, "decoder1", (6, 1), at32)
         assert sum(p.numel() for p in built.module.encoder.parameters()) == cost.backbone.params
         assert sum(p.numel() for p in built.module.parameters()) == cost.params
+
+
+def test_measuring_the_trunk_leaves_the_global_rng_alone():
+    """Runs record their backbone MACs: measuring must not shift the RNG that a run's training draws from (a resumed
+    run would otherwise differ from an uninterrupted one, depending on what the process measured before)."""
+    from mtlbench.treemtl.costs import resnet18_stage_costs
+
+    resnet18_stage_costs.cache_clear()
+    state = torch.get_rng_state()
+    resnet18_stage_costs(32)
+    assert torch.equal(state, torch.get_rng_state())
