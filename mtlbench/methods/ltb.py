@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from mtlbench.libmtl_compat import AbsArchitecture
 from mtlbench.methods.registry import ARCHITECTURES
 from mtlbench.registry import options_table
+from mtlbench.treemtl.costs import resnet_stages
 
 __all__ = ["LTB", "LTB_DEFAULTS"]
 
@@ -44,16 +45,6 @@ LTB_DEFAULTS: dict[str, Any] = options_table(LTBOptions)[0]
 _STAGES = ("stem", "layer1", "layer2", "layer3", "layer4")
 
 
-def _resnet_stages(encoder: nn.Module) -> list[nn.Module]:
-    """The 5 stages of a ResNet trunk: stem (conv1, bn1, relu, maxpool), layer1 ... layer4."""
-    missing = [a for a in ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
-               if not hasattr(encoder, a)]
-    if missing:
-        raise ValueError(f"LTB needs a ResNet-style encoder; {type(encoder).__name__} lacks {missing}")
-    stem = nn.Sequential(encoder.conv1, encoder.bn1, encoder.relu, encoder.maxpool)
-    return [stem, encoder.layer1, encoder.layer2, encoder.layer3, encoder.layer4]
-
-
 class _BranchingResNet(nn.Module):
     """``task_num`` branches per stage; each branch of stage l > 0 reads a mix of the branches of stage l - 1.
 
@@ -68,7 +59,7 @@ class _BranchingResNet(nn.Module):
     def __init__(self, encoders: list[nn.Module], tau: float, hard: bool, eval_tree: str) -> None:
         super().__init__()
         self.branch_num = len(encoders)
-        per_encoder = [_resnet_stages(e) for e in encoders]
+        per_encoder = [resnet_stages(e) for e in encoders]
         self.stages = nn.ModuleList([nn.ModuleList([stages[s] for stages in per_encoder])
                                      for s in range(len(_STAGES))])
         self.alpha = nn.Parameter(torch.ones(len(_STAGES) - 1, self.branch_num, self.branch_num))
