@@ -166,7 +166,7 @@ def fastcar(
 # -- sweep --------------------------------------------------------------------------------------------------------
 @app.command()
 def sweep(
-    spec: str = typer.Argument(..., help="a TOML spec path, or a shipped spec name: paper, smoke, demo, steel-cpu"),
+    spec: str = typer.Argument(..., help="a TOML spec path, or a shipped spec name (paper, demo, smoke, landscape, tree, ...)"),
     only: Optional[List[str]] = typer.Option(None, help="filter cells, e.g. arch=MTAN,weighting=IMTL|EW"),
     dry_run: bool = typer.Option(False, "--dry-run", help="list the cells and how many are finished; run nothing"),
     out: Optional[Path] = typer.Option(None, help="results folder; default results/<spec name>"),

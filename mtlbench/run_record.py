@@ -98,7 +98,8 @@ class RunRecord:
             num_classes=data.num_classes, n_train=counts["train"], n_valid=counts["valid"], n_test=counts["test"],
             concurrency=concurrency, executor=executor, started_at=datetime.now(timezone.utc),
             **environment(self.device))
-        self.tables: dict[str, list[dict]] = {"epochs": [], "weights": [], "predictions": [], "label_search": []}
+        self.tables: dict[str, list[dict]] = {"epochs": [], "weights": [], "predictions": [], "label_search": [],
+                                              "sharing": []}
         self.memory = PeakMemory(self.device)   # this run's own peak, not the worker process's
 
     def elapsed(self) -> float:
@@ -140,6 +141,7 @@ class RunRecord:
             st = trainer.state
             self.tables["epochs"] = [Row("epochs", e, run_id=self.run_id) for e in st.epochs]
             self.tables["weights"] = [Row("weights", w, run_id=self.run_id) for w in st.weights]
+            self.tables["sharing"] = [Row("sharing", r, run_id=self.run_id) for r in st.sharing]
             self.row["epochs_run"] = len(st.epochs)
             self.row.update(stability(st.epochs))
             if self.row["status"] == "ok":
@@ -157,6 +159,10 @@ class RunRecord:
             self.row.update(train_s=st.train_s, epoch_mean_s=st.train_s / max(len(st.epochs), 1),
                             train_images_per_s=st.images / st.train_s if st.train_s > 0 else None,
                             params=sum(p.numel() for p in trainer.module.parameters()))
+            unique = getattr(trainer.module, "unique_trunk_params", None)
+            if callable(unique):  # an architecture that ties kernels across tasks (MTAL)
+                self.row.update(unique_trunk_params=int(unique()),
+                                kernel_share_ratio=float(trainer.module.share_ratio()))
             state = getattr(trainer.module, "architecture_state", None)
             if callable(state):  # what an architecture learned about its own structure, e.g. LTB's tree
                 self.row["arch_state_json"] = json.dumps(state(), sort_keys=True)

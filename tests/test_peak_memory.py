@@ -1,5 +1,6 @@
-"""Per-run peak memory: on a CPU, each run's own figure (sampled resident memory above its start), not the worker
-process's lifetime peak; the method is recorded; results folders written before the method column still read."""
+"""Per-run peak memory: on a CPU, each run's own figure (sampled heap in use, or resident memory without glibc, above
+its start), not the worker process's lifetime peak; the method is recorded; results folders written before the
+method column still read."""
 
 from __future__ import annotations
 
@@ -11,13 +12,15 @@ import torch
 
 from mtlbench.config import TrainingProtocol, RunConfig
 from mtlbench.data import DeviceData, read_published
-from mtlbench.memory import CPU_RSS_SAMPLED, PeakMemory, anon_resident_bytes
+from mtlbench.memory import (CPU_HEAP_SAMPLED, CPU_RSS_SAMPLED, PeakMemory, anon_resident_bytes,
+                             freeze_long_lived, heap_in_use_bytes)
 from mtlbench.records.schema import RUNS
 from mtlbench.records.store import ResultsStore
 from mtlbench.runs import run_cell
 
 needs_proc = pytest.mark.skipif(anon_resident_bytes() is None, reason="no /proc/self/statm (not Linux)")
 CPU = torch.device("cpu")
+SAMPLED = CPU_HEAP_SAMPLED if heap_in_use_bytes() is not None else CPU_RSS_SAMPLED
 
 
 @needs_proc
@@ -30,7 +33,7 @@ def test_peak_is_measured_from_the_start_of_each_run():
     y = torch.ones(2**20 // 4)        # 1 MiB
     peak_small, _ = small.stop()
     del y
-    assert method == CPU_RSS_SAMPLED
+    assert method == SAMPLED
     assert 60 < peak_big < 200 and peak_small < 20, (peak_big, peak_small)
 
 
@@ -49,9 +52,38 @@ def test_small_cell_after_large_cell_records_the_smaller_peak(tiny_data, tmp_pat
         assert result.status == "ok", result.message
         rows[decoder] = result.row
     large, small = rows["decoder2"], rows["decoder1"]
-    assert large["peak_mem_method"] == small["peak_mem_method"] == CPU_RSS_SAMPLED
+    assert large["peak_mem_method"] == small["peak_mem_method"] == SAMPLED
     # decoder2's parameters, gradients and Adam moments alone are ~750 MiB more than decoder1's
     assert 0 < small["peak_mem_mb"] < large["peak_mem_mb"] - 300, (small["peak_mem_mb"], large["peak_mem_mb"])
+
+
+@pytest.mark.skipif(heap_in_use_bytes() is None, reason="no glibc mallinfo2")
+def test_heap_sampling_counts_blocks_in_use_not_blocks_kept():
+    """Freed blocks glibc keeps for reuse (the heap is no longer trimmed between runs) are not counted: a run that
+    reuses them still shows its own allocation, and one that allocates nothing shows nothing."""
+    x = torch.ones(64 * 2**20 // 4)
+    del x                              # 64 MiB freed, kept by glibc (the CLI raises the trim threshold)
+    reuse = PeakMemory(CPU)
+    y = torch.ones(64 * 2**20 // 4)
+    peak_reuse, method = reuse.stop()
+    del y
+    idle = PeakMemory(CPU)
+    peak_idle, _ = idle.stop()
+    assert method == CPU_HEAP_SAMPLED
+    assert 60 < peak_reuse < 100 and peak_idle < 4, (peak_reuse, peak_idle)
+
+
+def test_frozen_objects_leave_each_runs_collection_cheap():
+    import gc
+    freeze_long_lived()
+    try:
+        assert gc.get_freeze_count() > 0
+        cycle: list = []
+        cycle.append(cycle)             # garbage made after the freeze is still collected
+        del cycle
+        assert gc.collect() >= 1
+    finally:
+        gc.unfreeze()
 
 
 def test_rows_written_before_the_method_column_read_it_as_null(tmp_path):

@@ -8,6 +8,8 @@ Tables (one file each in a results folder, consolidated from per-run fragments):
 - ``weights``: one row per run, epoch and task: the mean (and std) of the loss weights the weighting produced.
 - ``predictions``: one row per run, test image and checkpoint (``best`` / ``last``): true and predicted class and target.
 - ``label_search``: one row per FastCAR one-epoch-test attempt: gap, constants, mean gradient, seconds, accepted.
+- ``sharing``: one row per run, merge epoch, layer and task pair of an architecture that ties kernels across tasks
+  (MTAL): kernels, pairs above the threshold, newly tied, share ratio, similarity.
 """
 
 from __future__ import annotations
@@ -78,9 +80,14 @@ RUNS = pa.schema([
     pa.field("branch_point", pa.int64()),
     pa.field("layout", pa.string()),
     pa.field("backbone_macs", pa.float64()),
+    # MTAL: the trunk's parameters with tied kernels counted once, and the fraction of its filters tied, at the end
+    pa.field("unique_trunk_params", pa.int64()),
+    pa.field("kernel_share_ratio", pa.float64()),
     # This run's own peak, MiB. peak_mem_method says how it was measured (mtlbench.memory):
     #   cuda_max_allocated: torch.cuda.max_memory_allocated, reset at the run's start (tensors only, no cache);
-    #   cpu_rss_sampled: peak of the process's anonymous resident memory (file-backed pages such as the
+    #   cpu_heap_sampled: peak of the C heap's in-use bytes (glibc mallinfo2: every arena plus mmapped blocks),
+    #     sampled every 10 ms, above its value at the run's start;
+    #   cpu_rss_sampled (no glibc): peak of the process's anonymous resident memory (file-backed pages such as the
     #     memory-mapped image cache left out), sampled every 10 ms, above its value at the run's start;
     #   cpu_maxrss_process: no /proc, so the process's lifetime peak RSS (includes earlier runs in the process).
     # Rows written before peak_mem_method existed read it as null: a CPU figure there is the lifetime peak.
@@ -150,8 +157,23 @@ LABEL_SEARCH = pa.schema([
     pa.field("accepted", pa.bool_()),
 ])
 
+SHARING = pa.schema([
+    pa.field("run_id", pa.string(), nullable=False),
+    pa.field("epoch", pa.int64(), nullable=False),            # the epoch whose end the merge followed
+    pa.field("layer", pa.string(), nullable=False),           # the convolution's name in the trunk
+    pa.field("task_a", pa.string(), nullable=False),
+    pa.field("task_b", pa.string(), nullable=False),
+    pa.field("kernels", pa.int64()),                          # filters per task in the layer
+    pa.field("above_rho", pa.int64()),                        # filter pairs whose similarity exceeds the threshold
+    pa.field("newly_tied", pa.int64()),                       # pairs tied by this merge
+    pa.field("ratio", pa.float64()),                          # fraction of the pair's filters tied after it
+    pa.field("max_similarity", pa.float64()),
+    pa.field("mean_similarity", pa.float64()),
+])
+
 TABLES: dict[str, pa.Schema] = {
     "runs": RUNS, "epochs": EPOCHS, "weights": WEIGHTS, "predictions": PREDICTIONS, "label_search": LABEL_SEARCH,
+    "sharing": SHARING,
 }
 
 

@@ -136,6 +136,7 @@ class Results:
     weights: pd.DataFrame
     predictions: pd.DataFrame
     label_search: pd.DataFrame
+    sharing: pd.DataFrame
     notes: list[str] = field(default_factory=list)
 
     @property

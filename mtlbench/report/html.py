@@ -140,18 +140,21 @@ def page(*, title: str, folders: list[str], headline: list[str], summary_tables:
          summary_note: str, missing: list[str], missing_cells: int, figures: list[FigureBlock],
          cells: pd.DataFrame | None, cell_fmt: dict[str, str], fastcar_table: pd.DataFrame | None,
          config: tuple[str, str], protocol: list[tuple[str, str]], environment: list[tuple[str, str]],
-         skipped: list[str]) -> str:
+         skipped: list[str], findings: list[str] | None = None) -> str:
     now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     parts = [f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
              f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
              f"<title>{esc(title)}</title><style>{CSS}</style></head><body>",
              f"<h1>{esc(title)}</h1>",
              f"<p class=\"sub\">Rendered {esc(now)} from {esc(', '.join(folders))}</p>",
-             "<p class=\"toc\"><a href=\"#summary\">Summary</a><a href=\"#missing\">Missing &amp; failed</a>"
+             "<p class=\"toc\"><a href=\"#findings\">Findings</a><a href=\"#summary\">Summary</a><a href=\"#missing\">Missing &amp; failed</a>"
              "<a href=\"#figures\">Figures</a><a href=\"#cells\">All cells</a>"
              "<a href=\"#config\">Configuration</a><a href=\"#env\">Environment</a></p>"]
     if headline:
         parts.append("<ul>" + "".join(f"<li>{esc(h)}</li>" for h in headline) + "</ul>")
+    if findings:
+        parts.append('<h2 id="findings">Findings</h2><ul>' + "".join(f"<li>{esc(f)}</li>" for f in findings)
+                     + "</ul>")
     parts.append('<h2 id="summary">Summary (the paper\'s Table 1)</h2>')
     for heading, wide in summary_tables:
         if heading:

@@ -15,6 +15,7 @@ from mtlbench.config import cell_name
 from mtlbench.errors import ConfigError, MtlbenchError
 from mtlbench.report import figures as F
 from mtlbench.report import html as H
+from mtlbench.report.findings import findings
 from mtlbench.report.ranking import add_rankings
 from mtlbench.report.data import (CELL_KEY, ENV_FIELDS, METRIC_SPECS, PROTOCOL_FIELDS, Axes, MetricSpec,
                                   aggregate_cells, aggregate_fastcar, axes_of, coverage_counts, example_config,
@@ -118,6 +119,7 @@ def render_report(results: list[Path] | Path | str, out: Path | str | None = Non
     cells = _sort_cells(aggregate_cells(data.runs, all_specs, selection), axes)
     fastcar = aggregate_fastcar(data.runs, all_specs, selection)
     missing = find_missing(data, cells, axes) + _unstable_note(data.runs)
+    found = findings(data.runs, specs, selection)
 
     out_dir = Path(out) if out is not None else folders[0] / "report"
     try:
@@ -265,7 +267,7 @@ def render_report(results: list[Path] | Path | str, out: Path | str | None = Non
     title = "mtlbench report: MTL grid vs FastCAR"
     if "md" in formats:
         path = out_dir / "summary.md"
-        path.write_text(summary_markdown(summary, axes, title=title, notes=missing))
+        path.write_text(summary_markdown(summary, axes, title=title, notes=missing, findings=found))
         files.append(path)
     per_cell = cells_table(cells, all_specs_for_table(specs), several_scalings) if has_grid else pd.DataFrame()
     if "csv" in formats:
@@ -279,7 +281,7 @@ def render_report(results: list[Path] | Path | str, out: Path | str | None = Non
     if "html" in formats:
         path = out_dir / "report.html"
         path.write_text(_html(title, data, axes, summary, cells, per_cell, fastcar, missing, blocks, skipped, specs,
-                              selection), encoding="utf-8")
+                              selection, found), encoding="utf-8")
         files.append(path)
     return ReportResult(out_dir=out_dir, files=files, summary=summary, missing=missing, heatmaps=heatmaps,
                         color_limits=limits, cells=cells, fastcar=fastcar, skipped=skipped)
@@ -457,7 +459,7 @@ def all_specs_for_table(specs: list[MetricSpec]) -> list[MetricSpec]:
 
 def _html(title: str, data: Any, axes: Axes, summary: pd.DataFrame, cells: pd.DataFrame, per_cell: pd.DataFrame,
           fastcar: dict[str, Any] | None, missing: list[str], blocks: list[H.FigureBlock], skipped: list[str],
-          specs: list[MetricSpec], selection: str) -> str:
+          specs: list[MetricSpec], selection: str, found: list[str]) -> str:
     runs = data.runs
     n_mtl, n_fc = int((runs["kind"] == "mtl").sum()), int((runs["kind"] == "fastcar").sum())
     headline = [f"{len(runs)} runs: {n_mtl} MTL grid runs in {len(cells)} cells, {n_fc} FastCAR run(s); "
@@ -496,4 +498,4 @@ def _html(title: str, data: Any, axes: Axes, summary: pd.DataFrame, cells: pd.Da
                   summary_note=note, missing=missing, missing_cells=sum(coverage_counts(cells, axes, fastcar).values()),
                   figures=blocks, cells=per_cell, cell_fmt=cell_fmt,
                   fastcar_table=fc_table, config=(run_id, cfg), protocol=protocol, environment=environment,
-                  skipped=skipped)
+                  skipped=skipped, findings=found)

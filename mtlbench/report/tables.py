@@ -137,8 +137,11 @@ def markdown_table(df: pd.DataFrame, index: bool = True) -> str:
     return "\n".join(lines)
 
 
-def summary_markdown(summary: pd.DataFrame, axes: Axes, *, title: str, notes: list[str]) -> str:
+def summary_markdown(summary: pd.DataFrame, axes: Axes, *, title: str, notes: list[str],
+                     findings: list[str] | None = None) -> str:
     out = [f"# {title}", ""]
+    if findings:
+        out += ["## Findings", ""] + [f"- {line}" for line in findings] + ["", "## Summary (the paper's Table 1)", ""]
     if summary.empty:
         out += ["No values to summarise.", ""]
     else:

@@ -18,6 +18,7 @@ import torch
 from mtlbench.config import RunConfig
 from mtlbench.data.load import DataRef, load_data
 from mtlbench.errors import ConfigError
+from mtlbench.memory import freeze_long_lived
 from mtlbench.registry import Registry
 from mtlbench.run_record import CellResult, config_row
 from mtlbench.runs import run_cell
@@ -79,6 +80,7 @@ class SequentialExecutor:
         pass
 
     def run(self, cells, ctx, on_start, on_result, progress=None):
+        freeze_long_lived()
         for cfg in cells:
             on_start(cfg)
             on_result(run_cell(cfg, ctx.table, ctx.data, progress=tagged(progress, cfg.label),
@@ -99,6 +101,7 @@ def worker_data(ref: DataRef, device: str) -> tuple[Any, Any]:
         if dev.type == "cuda" and dev.index is not None:
             torch.cuda.set_device(dev)
         _WORKER["data"], _WORKER["data_key"] = load_data(ref, dev, show_warnings=False), key
+        freeze_long_lived()
     return _WORKER["data"]
 
 

@@ -52,6 +52,7 @@ class Predictions:
 class TrainState:
     epochs: list[dict] = field(default_factory=list)
     weights: list[dict] = field(default_factory=list)
+    sharing: list[dict] = field(default_factory=list)   # the architecture's epoch-end merges (MTAL), if any
     best_val: float = float("inf")
     best_epoch: int = 0
     best_state: dict[str, torch.Tensor] | None = None
@@ -125,6 +126,11 @@ class Trainer:
         if not np.all(np.isfinite(mean_losses)):
             raise Diverged(epoch, f"training loss became {mean_losses} in epoch {epoch}")
         self.learner.end_epoch(epoch, np.asarray(mean_losses))
+        # An architecture that changes its own structure between epochs (MTAL ties similar kernels) does it here,
+        # before the evaluation that judges the epoch and before the checkpoint that saves it.
+        epoch_end = getattr(self.module, "epoch_end", None)
+        if callable(epoch_end):
+            self.state.sharing += [{"epoch": epoch, **r} for r in epoch_end(epoch)]
         val = self.evaluate("valid")
         if not np.isfinite(val["loss"]):
             raise Diverged(epoch, f"validation loss became {val['loss']} in epoch {epoch}")
@@ -132,7 +138,9 @@ class Trainer:
         self.scheduler.step(val["loss"])
         if val["loss"] < self.state.best_val:
             self.state.best_val, self.state.best_epoch = val["loss"], epoch
-            self.state.best_state = {k: v.detach().clone() for k, v in self.module.state_dict().items()}
+            # At the protocol's last epoch the best weights are the current ones: no copy of every parameter.
+            self.state.best_state = (None if epoch >= p.epochs else
+                                     {k: v.detach().clone() for k, v in self.module.state_dict().items()})
         names = self.learner.task_names
         record = {"epoch": epoch, "lr": lr, "seconds": seconds, "train_loss": float(sum(mean_losses)),
                   "train_loss_cls": mean_losses[0] if names[0] == "cls" else None,
@@ -189,12 +197,17 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.state = state["history"]
+        if not hasattr(self.state, "sharing"):   # a checkpoint written before the sharing table existed
+            self.state.sharing = []
         load_rng_state(self.generator, state["rng"])
 
     def final_predictions(self) -> tuple[Predictions, Predictions]:
         """Test predictions at the last epoch and at the best-validation epoch (its weights restored)."""
         _, last = self.predict("test")
-        if self.state.best_state is not None and self.state.best_epoch != self.epoch:
+        if self.state.best_epoch not in (0, self.epoch):
+            if self.state.best_state is None:
+                raise RuntimeError(f"no weights kept for the best epoch {self.state.best_epoch} (trained past the "
+                                   f"protocol's {self.protocol.epochs} epochs?)")
             current = {k: v.detach().clone() for k, v in self.module.state_dict().items()}
             self.module.load_state_dict(self.state.best_state)
             _, best = self.predict("test")
