@@ -12,19 +12,16 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import os
 import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("MALLOC_MMAP_THRESHOLD_", str(2**32))   # as the CLI sets them (mtlbench.cli.main)
-os.environ.setdefault("MALLOC_TRIM_THRESHOLD_", str(2**32))
+import pandas as pd
 
-import pandas as pd  # noqa: E402
-
-from mtlbench.records.store import ResultsStore  # noqa: E402
-from mtlbench.sweep.runner import run_sweep  # noqa: E402
-from mtlbench.sweep.spec import load_spec, parse_filters  # noqa: E402
+from mtlbench.heap import keep_freed_blocks
+from mtlbench.records.store import ResultsStore
+from mtlbench.sweep.runner import run_sweep
+from mtlbench.sweep.spec import load_spec, parse_filters
 
 
 def main() -> None:
@@ -41,6 +38,7 @@ def main() -> None:
     if not args.fastcar:
         filters["kind"] = {"mtl"}
     spec = load_spec(args.spec)
+    keep_freed_blocks()   # as the CLI does
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "results"
         t0 = time.perf_counter()

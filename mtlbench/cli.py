@@ -211,7 +211,7 @@ def sweep(
         for col in ("#", "run", "done", "recorded", "checkpoint"):
             t.add_column(col)
         for i, c in enumerate(cells, 1):
-            t.add_row(str(i), c.config.label, "yes" if c.done else "", c.recorded or "",
+            t.add_row(str(i), escape(c.config.label), "yes" if c.done else "", c.recorded or "",
                       "resumes from it" if c.resumable else "")
         console.print(t)
         return
@@ -384,8 +384,11 @@ _python_showwarning = warnings.showwarning
 def main() -> None:
     # Worker processes (local executor) inherit these: glibc then keeps freed gradient-sized blocks instead of
     # unmapping them, which halves the step time of gradient weightings on a CPU (README, Performance).
-    os.environ.setdefault("MALLOC_MMAP_THRESHOLD_", str(2**32))
-    os.environ.setdefault("MALLOC_TRIM_THRESHOLD_", str(2**32))
+    from mtlbench.heap import KEEP, keep_freed_blocks
+
+    os.environ.setdefault("MALLOC_MMAP_THRESHOLD_", KEEP)
+    os.environ.setdefault("MALLOC_TRIM_THRESHOLD_", KEEP)
+    keep_freed_blocks()   # this process too (glibc read the variables before Python started)
     warnings.showwarning = _show_warning
     try:
         app()

@@ -91,6 +91,9 @@ class RunConfig:
     fastcar: FastCARSettings | None = None
     arch_args: dict[str, Any] = field(default_factory=dict)     # overrides of the defaults table
     weight_args: dict[str, Any] = field(default_factory=dict)
+    # The arch_args keys a spec's [arch_sweep.X] varies, comma-joined: the run is one variant of its architecture,
+    # shown as e.g. "MTAL[rho=0.4]". Presentation only: the values are in arch_args, so it is not in the run id.
+    variant_keys: str = ""
 
     def __post_init__(self) -> None:
         if self.target_scaling not in TARGET_SCALINGS:
@@ -105,14 +108,27 @@ class RunConfig:
         return cell_name(None) if self.kind == "fastcar" else cell_name(self.architecture, self.weighting, self.decoder)
 
     @property
+    def variant(self) -> str | None:
+        """``rho=0.4`` for a run of an [arch_sweep] variant, else None."""
+        keys = [k for k in self.variant_keys.split(",") if k]
+        return ",".join(f"{k}={self.arch_args[k]}" for k in keys) or None
+
+    @property
+    def shown_architecture(self) -> str | None:
+        """The architecture with its variant, ``MTAL[rho=0.4]``, as the report and the console name it."""
+        return f"{self.architecture}[{self.variant}]" if self.variant else self.architecture
+
+    @property
     def label(self) -> str:
         """The display name with what else tells runs apart: ``HPS+EW/decoder1/none seed=0``."""
         if self.kind == "fastcar":
             return f"{cell_name(None)} seed={self.seed}"
-        return f"{cell_name(self.architecture, self.weighting, self.decoder, self.target_scaling)} seed={self.seed}"
+        name = cell_name(self.shown_architecture, self.weighting, self.decoder, self.target_scaling)
+        return f"{name} seed={self.seed}"
 
     def identity(self) -> dict[str, Any]:
         d = asdict(self)
+        d.pop("variant_keys")
         for key in TrainingProtocol.NON_IDENTITY:
             d["protocol"].pop(key, None)
         return d

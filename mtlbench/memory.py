@@ -13,7 +13,6 @@ Without either, the process's lifetime peak RSS is all there is, and the method 
 
 from __future__ import annotations
 
-import ctypes
 import gc
 import os
 import resource
@@ -21,6 +20,9 @@ import sys
 import threading
 
 import torch
+
+from mtlbench import heap
+from mtlbench.heap import heap_in_use_bytes
 
 CUDA_MAX_ALLOCATED = "cuda_max_allocated"
 CPU_HEAP_SAMPLED = "cpu_heap_sampled"
@@ -42,34 +44,6 @@ def anon_resident_bytes() -> int | None:
     return (int(fields[1]) - int(fields[2])) * _PAGE
 
 
-class _MallInfo2(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_size_t) for name in
-                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
-                 "keepcost")]
-
-
-def _libc() -> ctypes.CDLL | None:
-    try:
-        return ctypes.CDLL(None)
-    except OSError:
-        return None
-
-
-_LIBC = _libc()
-_MALLINFO2 = getattr(_LIBC, "mallinfo2", None)   # glibc >= 2.33
-if _MALLINFO2 is not None:
-    _MALLINFO2.restype = _MallInfo2
-    _MALLINFO2.argtypes = []
-
-
-def heap_in_use_bytes() -> int | None:
-    """Bytes the C heap has allocated and not freed, over all arenas; None without glibc's ``mallinfo2``."""
-    if _MALLINFO2 is None:
-        return None
-    info = _MALLINFO2()
-    return int(info.uordblks + info.hblkhd)
-
-
 def freeze_long_lived() -> None:
     """Move every object alive now (modules, the loaded data set, the executor) out of the cyclic collector's
     reach: each run's collection then scans only what was made since, about 1 ms instead of 0.3-1 s. Executors
@@ -83,8 +57,8 @@ def _release_free_heap(trim: bool) -> None:
     the collector runs (and would then be freed during this run). With ``trim`` (resident-memory sampling), also
     hand the blocks glibc keeps (the CLI asks it to, for speed within a run) back to the OS."""
     gc.collect()
-    if trim and _LIBC is not None and hasattr(_LIBC, "malloc_trim"):
-        _LIBC.malloc_trim(0)
+    if trim:
+        heap.trim()
 
 
 class PeakMemory:
@@ -97,7 +71,7 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats(device)
             self.method = CUDA_MAX_ALLOCATED
             return
-        self._read = heap_in_use_bytes if _MALLINFO2 is not None else anon_resident_bytes
+        self._read = heap_in_use_bytes if heap_in_use_bytes() is not None else anon_resident_bytes
         _release_free_heap(trim=self._read is anon_resident_bytes)
         base = self._read()
         if base is None:

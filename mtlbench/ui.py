@@ -6,6 +6,7 @@ import math
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -33,8 +34,9 @@ def result_table(rows: list[dict], title: str) -> Table:
     for r in rows:
         # a scaling other than none tells apart the cells of a target_scaling axis
         scaling = r.get("target_scaling") if r.get("target_scaling") not in (None, "none") else None
-        name = cell_name(None if r["kind"] == "fastcar" else r["architecture"], r.get("weighting"), r.get("decoder"),
-                         scaling)
+        arch = f"{r['architecture']}[{r['variant']}]" if r.get("variant") else r["architecture"]
+        name = escape(cell_name(None if r["kind"] == "fastcar" else arch, r.get("weighting"), r.get("decoder"),
+                                scaling))
         if r.get("seed") not in (None, 0):
             name += f" seed {r['seed']}"
         colour = {"ok": "green", "failed": "red", "diverged": "yellow", "not_applicable": "dim"}.get(r["status"], "white")
@@ -70,7 +72,7 @@ class RichSweepUI(SweepUI):
         return text + (f" [dim]n/a {c['not_applicable']}[/]" if c["not_applicable"] else "")
 
     def cell_start(self, cfg: RunConfig) -> None:
-        self.cells[cfg.label] = self.bars.add_task(cfg.label[:48], total=self.epochs, info="")
+        self.cells[cfg.label] = self.bars.add_task(escape(cfg.label[:48]), total=self.epochs, info="")
 
     def progress(self, event: str, info: dict[str, Any]) -> None:  # type: ignore[override]
         bar = self.cells.get(info.get("cell", ""))

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from conftest import REPO, run_cli, small_spec
+from mtlbench.config import RunConfig
 from mtlbench.errors import ConfigError
 from mtlbench.methods.registry import ARCHITECTURES, WEIGHTINGS
 from mtlbench.records.store import ResultsStore, StoreError
@@ -41,10 +42,32 @@ def test_axes_all_and_seeds_and_scalings():
     ({"axes": {"target_scaling": ["minmax"]}}, "axes.target_scaling.*minmax.*standard"),
     ({"fastcar": {"gapp": 1}}, "fastcar.gapp"),
     ({"colour": 1}, "unknown key colour"),
+    ({"arch_sweep": {"MTAL": {"rho": 0.4}}}, "arch_sweep.MTAL.rho must be a non-empty list"),
+    ({"arch_sweep": {"MTAL": {"rhoo": [0.4]}}}, "rhoo"),
+    ({"arch_sweep": {"MTAL": {"rho": ["high"]}}}, "rho"),
+    ({"arch_sweep": {"MTALL": {"rho": [0.4]}}}, "unknown architecture 'MTALL'"),
+    ({"arch_args": {"MTAL": {"rho": 0.5}}, "arch_sweep": {"MTAL": {"rho": [0.4]}}}, "in one place"),
 ])
 def test_spec_errors_name_the_key_and_allowed_values(raw, match):
     with pytest.raises(ConfigError, match=match):
         parse_spec(raw)
+
+
+def test_an_arch_sweep_is_an_axis_of_variants_that_keep_their_run_ids():
+    spec = parse_spec({"axes": {"architectures": ["HPS", "MTAL"], "weightings": ["EW"], "decoders": ["decoder1"]},
+                       "arch_args": {"MTAL": {"warmup_epochs": 2}},
+                       "arch_sweep": {"MTAL": {"rho": [0.4, 0.55], "alpha": [0.5, 0.7]}},
+                       "fastcar": {"enabled": False}})
+    cells = spec.cells()
+    assert [c.label for c in cells] == ["HPS+EW/decoder1/none seed=0"] + [
+        f"MTAL[rho={r},alpha={a}]+EW/decoder1/none seed=0" for r in (0.4, 0.55) for a in (0.5, 0.7)]
+    assert all(c.arch_args["warmup_epochs"] == 2 for c in cells[1:])
+    assert len({c.run_id("x") for c in cells}) == 5
+    # the variant is presentation: the same options given as arch_args make the same run
+    same = RunConfig(kind="mtl", architecture="MTAL", weighting="EW", decoder="decoder1", protocol=spec.protocol,
+                     arch_args={"warmup_epochs": 2, "rho": 0.4, "alpha": 0.5})
+    assert same.run_id("x") == cells[1].run_id("x") and same.variant is None
+    assert RunConfig.from_json(cells[1].to_json()).label == cells[1].label
 
 
 def test_filters():

@@ -202,6 +202,10 @@ def load_results(folders: Iterable[Path | str]) -> Results:
         out[name] = df.reset_index(drop=True)
     mtl = out["runs"]["kind"] == "mtl"
     out["runs"].loc[mtl, "target_scaling"] = out["runs"].loc[mtl, "target_scaling"].fillna("none")
+    # A variant of an architecture ([arch_sweep], e.g. MTAL's rho) is an architecture of its own in the report.
+    varied = out["runs"]["variant"].notna()
+    out["runs"].loc[varied, "architecture"] = (out["runs"].loc[varied, "architecture"] + "["
+                                               + out["runs"].loc[varied, "variant"] + "]")
     for col, what in (("data_fingerprint", "data sets"), ("epochs", "epoch budgets")):
         values = out["runs"][col].dropna().unique()
         if len(values) > 1:
@@ -372,7 +376,8 @@ def find_missing(results: Results, cells: pd.DataFrame, axes: Axes) -> list[str]
     for kind, have in (("architecture", axes.architectures), ("weighting", axes.weightings)):
         reg = registry_names(kind)
         if reg:
-            absent = [n for n in reg if n.lower() not in {h.lower() for h in have}]
+            ran = {h.split("[", 1)[0].lower() for h in have}   # MTAL[rho=0.4] is a variant of MTAL
+            absent = [n for n in reg if n.lower() not in ran]
             if absent:
                 msgs.append(f"{kind}s never run in these results ({len(absent)} of {len(reg)}): {', '.join(absent)}")
     return msgs

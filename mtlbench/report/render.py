@@ -17,6 +17,7 @@ from mtlbench.report import figures as F
 from mtlbench.report import html as H
 from mtlbench.report.findings import findings
 from mtlbench.report.ranking import add_rankings
+from mtlbench.report.sharing import share_by_epoch, share_by_layer, sharing_figure
 from mtlbench.report.data import (CELL_KEY, ENV_FIELDS, METRIC_SPECS, PROTOCOL_FIELDS, Axes, MetricSpec,
                                   aggregate_cells, aggregate_fastcar, axes_of, coverage_counts, example_config,
                                   find_missing, load_results, metric_specs, value_counts)
@@ -252,6 +253,19 @@ def render_report(results: list[Path] | Path | str, out: Path | str | None = Non
 
     if draw:
         _ltb_trees(data, several_scalings, emit, skipped)
+    if not data.sharing.empty:   # architectures that tie kernels across tasks (MTAL)
+        by_layer = share_by_layer(data.runs, data.sharing, several_scalings)
+        by_epoch = share_by_epoch(data.runs, data.sharing, several_scalings)
+        if "csv" in formats and not by_layer.empty:
+            for name, frame in (("sharing_layers", by_layer.reset_index()), ("sharing_epochs", by_epoch)):
+                path = _stem(out_dir, name).with_suffix(".csv")
+                frame.to_csv(path, index=False)
+                files.append(path)
+        if draw and not by_layer.empty:
+            emit(sharing_figure(by_layer, by_epoch), "sharing", "Kernel sharing (MTAL)",
+                 "Left: per layer of the trunk, the fraction of filters tied across the tasks after each run's last "
+                 "merge (the MTAL paper's Table 6), mean over seeds. Right: the fraction of all banked filters tied "
+                 "after each merge epoch (filter-weighted over layers), mean ± std over seeds.")
     if draw or "csv" in formats:
         _treemtl_figures(data.folders, formats, out_dir, files, emit, skipped)
     if has_grid:   # which weighting (architecture) wins across the grid: mean ranks, Friedman, Nemenyi

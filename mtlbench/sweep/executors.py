@@ -18,6 +18,7 @@ import torch
 from mtlbench.config import RunConfig
 from mtlbench.data.load import DataRef, load_data
 from mtlbench.errors import ConfigError
+from mtlbench.heap import keep_freed_blocks
 from mtlbench.memory import freeze_long_lived
 from mtlbench.registry import Registry
 from mtlbench.run_record import CellResult, config_row
@@ -107,6 +108,7 @@ def worker_data(ref: DataRef, device: str) -> tuple[Any, Any]:
 
 def _worker_init(ref: DataRef, device: str, threads: int) -> None:
     torch.set_num_threads(max(1, threads))
+    keep_freed_blocks()
     _WORKER["device"] = device
     worker_data(ref, device)
 
@@ -187,6 +189,7 @@ def _ray_run(cfg_json: str, ctx: SweepContext, device: str, threads: int, concur
              events: Any = None) -> CellResult:
     """One cell as a Ray task. Ray reuses worker processes, so the data is loaded once per worker."""
     torch.set_num_threads(max(1, threads))
+    keep_freed_blocks()
     table, data = worker_data(ctx.data_ref, device)
     cfg = RunConfig.from_json(cfg_json)
     progress = CellEvents(events, cfg.label) if events is not None else None

@@ -22,6 +22,7 @@ Example::
 
 from __future__ import annotations
 
+import itertools
 import sys
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -41,7 +42,7 @@ else:  # pragma: no cover
 
 # Package data (pyproject's package-data), so that an installed mtlbench finds its specs too.
 SPEC_DIR = Path(__file__).resolve().parents[1] / "specs"
-TOP_KEYS = {"name", "description", "data", "protocol", "axes", "fastcar", "arch_args", "weight_args"}
+TOP_KEYS = {"name", "description", "data", "protocol", "axes", "fastcar", "arch_args", "weight_args", "arch_sweep"}
 AXES_KEYS = {"architectures", "weightings", "decoders", "target_scaling", "seeds"}
 DATA_KEYS = {"source", "image_col", "class_col", "target_col", "split_col", "seed", "allow_overlap"}
 
@@ -59,6 +60,9 @@ class SweepSpec:
     fastcar: FastCARSettings | None = field(default_factory=FastCARSettings)
     arch_args: dict[str, dict] = field(default_factory=dict)      # per architecture overrides
     weight_args: dict[str, dict] = field(default_factory=dict)    # per weighting overrides
+    # per architecture, options swept as an axis: {"MTAL": {"rho": [0.1, ..., 0.9]}}; each combination of values is
+    # a variant of the architecture (its own cells, shown as "MTAL[rho=0.4]")
+    arch_sweep: dict[str, dict[str, list]] = field(default_factory=dict)
     description: str = ""
 
     def with_overrides(self, *, source: str | None = None, allow_overlap: bool = False, device: str | None = None,
@@ -88,12 +92,19 @@ class SweepSpec:
             for scaling in self.target_scaling:
                 for dec in self.decoders:
                     for arch in self.architectures:
-                        for w in self.weightings:
-                            out.append(RunConfig(kind="mtl", protocol=self.protocol, seed=seed, architecture=arch,
-                                                 weighting=w, decoder=dec, target_scaling=scaling,  # type: ignore
-                                                 arch_args=self.arch_args.get(arch, {}),
-                                                 weight_args=self.weight_args.get(w, {})))
+                        for variant in self.variants(arch):
+                            for w in self.weightings:
+                                out.append(RunConfig(
+                                    kind="mtl", protocol=self.protocol, seed=seed, architecture=arch, weighting=w,
+                                    decoder=dec, target_scaling=scaling,  # type: ignore[arg-type]
+                                    arch_args={**self.arch_args.get(arch, {}), **variant},
+                                    weight_args=self.weight_args.get(w, {}), variant_keys=",".join(variant)))
         return out
+
+    def variants(self, arch: str) -> list[dict[str, Any]]:
+        """The option values of each variant of ``arch`` ([arch_sweep]); one empty variant when it is not swept."""
+        swept = self.arch_sweep.get(arch, {})
+        return [dict(zip(swept, values)) for values in itertools.product(*swept.values())]
 
 
 def _names(value: Any, registry: Registry, key: str) -> tuple[str, ...]:
@@ -139,6 +150,30 @@ def _method_args(raw: Any, registry: Registry, section: str) -> dict[str, dict]:
     return out
 
 
+def _arch_sweep(raw: Any, args: dict[str, dict]) -> dict[str, dict[str, list]]:
+    """``[arch_sweep.X] option = [v1, v2, ...]``: every value checked as ``[arch_args.X]`` checks one."""
+    if not isinstance(raw, dict):
+        raise ConfigError("arch_sweep must hold one table per architecture, e.g. [arch_sweep.MTAL] rho = [0.4, 0.55]")
+    out: dict[str, dict[str, list]] = {}
+    for name, options in raw.items():
+        if name not in ARCHITECTURES:
+            raise ConfigError(f"arch_sweep: unknown architecture {name!r}; allowed: {', '.join(ARCHITECTURES.names())}")
+        entry = ARCHITECTURES.entry(name)
+        where = f"arch_sweep.{entry.name}"
+        if not isinstance(options, dict) or not options:
+            raise ConfigError(f"{where} must be a table of option = [values], got {options!r}")
+        swept: dict[str, list] = {}
+        for key, values in options.items():
+            if not isinstance(values, list) or not values:
+                raise ConfigError(f"{where}.{key} must be a non-empty list of values, got {values!r}")
+            if key in args.get(entry.name, {}):
+                raise ConfigError(f"{where}.{key} is also set in arch_args.{entry.name}; give it in one place")
+            checked = [check_options(entry, {key: v}, where) for v in values]
+            swept[next(iter(checked[0]))] = [c[next(iter(c))] for c in checked]
+        out[entry.name] = swept
+    return out
+
+
 def parse_spec(raw: dict[str, Any], default_name: str = "sweep") -> SweepSpec:
     _check_keys(raw, TOP_KEYS, "")
     data = dict(raw.get("data", {}))
@@ -167,8 +202,9 @@ def parse_spec(raw: dict[str, Any], default_name: str = "sweep") -> SweepSpec:
         weightings=_names(axes.get("weightings", "all"), WEIGHTINGS, "weightings"),
         decoders=_names(axes.get("decoders", "all"), DECODERS, "decoders"),
         target_scaling=tuple(dict.fromkeys(scalings)), seeds=tuple(dict.fromkeys(seeds)), fastcar=fastcar,
-        arch_args=_method_args(raw.get("arch_args", {}), ARCHITECTURES, "arch_args"),
-        weight_args=_method_args(raw.get("weight_args", {}), WEIGHTINGS, "weight_args"))
+        arch_args=(arch_args := _method_args(raw.get("arch_args", {}), ARCHITECTURES, "arch_args")),
+        weight_args=_method_args(raw.get("weight_args", {}), WEIGHTINGS, "weight_args"),
+        arch_sweep=_arch_sweep(raw.get("arch_sweep", {}), arch_args))
 
 
 def load_spec(path_or_name: str | Path) -> SweepSpec:

@@ -113,6 +113,9 @@ class MTLLearner:
         """Forward and the weighting's backward; returns (detached task losses, loss weights: float32 on the device,
         or None where the weighting returns none)."""
         losses, _ = self._losses(x, labels, targets)
+        penalty = getattr(self.module, "penalty", None)
+        if callable(penalty):   # an architecture's own per-task regulariser (MTAL's eq. 7): part of each task's loss
+            losses = losses + penalty()
         weights = self.module.backward(losses, **self.backward_kwargs)
         if weights is None:
             return losses.detach(), None
