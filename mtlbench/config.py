@@ -68,6 +68,16 @@ class FastCARSettings:
             raise ConfigError(f"fastcar.max_attempts must be >= 1, got {self.max_attempts}")
 
 
+def shown_architecture(architecture: str, variant: str | None) -> str:
+    """An architecture with its [arch_sweep] variant: ``MTAL[rho=0.4]`` (the plain name without one)."""
+    return f"{architecture}[{variant}]" if variant else architecture
+
+
+def base_architecture(shown: str) -> str:
+    """The registered name of a shown architecture: ``MTAL[rho=0.4]`` -> ``MTAL``."""
+    return shown.split("[", 1)[0]
+
+
 def cell_name(architecture: str | None, weighting: str | None = None, decoder: str | None = None,
               scaling: str | None = None) -> str:
     """The one display name of a run: ``HPS+EW/decoder1`` (``/standard`` added where a target scaling tells cells
@@ -104,8 +114,11 @@ class RunConfig:
 
     @property
     def cell_name(self) -> str:
-        """``HPS+EW/decoder1`` or ``FastCAR``: the short name fault-injection points match."""
-        return cell_name(None) if self.kind == "fastcar" else cell_name(self.architecture, self.weighting, self.decoder)
+        """``HPS+EW/decoder1`` (``MTAL[rho=0.4]+EW/decoder1`` for a variant) or ``FastCAR``: the short name
+        fault-injection points match."""
+        if self.kind == "fastcar":
+            return cell_name(None)
+        return cell_name(self.shown_architecture, self.weighting, self.decoder)
 
     @property
     def variant(self) -> str | None:
@@ -116,7 +129,7 @@ class RunConfig:
     @property
     def shown_architecture(self) -> str | None:
         """The architecture with its variant, ``MTAL[rho=0.4]``, as the report and the console name it."""
-        return f"{self.architecture}[{self.variant}]" if self.variant else self.architecture
+        return shown_architecture(self.architecture, self.variant) if self.architecture else None
 
     @property
     def label(self) -> str:

@@ -48,7 +48,7 @@ def keep_freed_blocks() -> None:
     either variable, and does nothing without glibc."""
     if _LIBC is None or not hasattr(_LIBC, "mallopt"):
         return
-    if "MALLOC_MMAP_THRESHOLD_" in os.environ and os.environ.get("MALLOC_MMAP_THRESHOLD_") != KEEP:
+    if any(os.environ.get(v, KEEP) != KEEP for v in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")):
         return
     _LIBC.mallopt(M_MMAP_THRESHOLD, ctypes.c_int(2**31 - 1))
     _LIBC.mallopt(M_TRIM_THRESHOLD, ctypes.c_int(2**31 - 1))

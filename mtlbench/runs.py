@@ -42,9 +42,9 @@ def train_mtl(run: RunRecord, progress: ProgressFn | None) -> EpochFn | None:
     run.row["hparams_json"] = json.dumps(built.hparams, sort_keys=True, default=str)
     run.row.update(structure(cfg.architecture, built.module, p.img_size))
     if getattr(built.module, "identical_start", False):
-        run.note(f"{cfg.architecture}'s task networks start identical (pretrained or init = identical): every filter "
-                 f"pair has similarity 1, so the first merge ties them all and {cfg.architecture} becomes HPS with "
-                 f"per-task BatchNorm")
+        run.note(f"{cfg.architecture}'s task networks start identical (pretrained or init = identical): each filter "
+                 f"and its counterpart in the other task have similarity 1, so a merge with rho < 1 ties them all and "
+                 f"{cfg.architecture} becomes HPS with per-task BatchNorm")
     mean, std = 0.0, 1.0
     if cfg.target_scaling == "standard":
         stats = table.target_stats("train")

@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from mtlbench.config import RunConfig, cell_name
+from mtlbench.config import RunConfig, cell_name, shown_architecture
 from mtlbench.run_record import CellResult
 from mtlbench.sweep.runner import Plan, SweepOutcome, SweepUI
 
@@ -34,9 +34,8 @@ def result_table(rows: list[dict], title: str) -> Table:
     for r in rows:
         # a scaling other than none tells apart the cells of a target_scaling axis
         scaling = r.get("target_scaling") if r.get("target_scaling") not in (None, "none") else None
-        arch = f"{r['architecture']}[{r['variant']}]" if r.get("variant") else r["architecture"]
-        name = escape(cell_name(None if r["kind"] == "fastcar" else arch, r.get("weighting"), r.get("decoder"),
-                                scaling))
+        arch = shown_architecture(r["architecture"], r.get("variant")) if r["kind"] == "mtl" else None
+        name = escape(cell_name(arch, r.get("weighting"), r.get("decoder"), scaling))
         if r.get("seed") not in (None, 0):
             name += f" seed {r['seed']}"
         colour = {"ok": "green", "failed": "red", "diverged": "yellow", "not_applicable": "dim"}.get(r["status"], "white")

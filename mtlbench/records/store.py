@@ -4,7 +4,8 @@ Layout of a results folder::
 
     store.json                 schema version
     cells/<run_id>/<table>.parquet   a finished run's fragments (the folder appears by one rename)
-    runs.parquet epochs.parquet weights.parquet predictions.parquet label_search.parquet   consolidated
+    runs.parquet epochs.parquet weights.parquet predictions.parquet label_search.parquet sharing.parquet
+                               consolidated (one file per table in records.schema.TABLES)
     checkpoints/<run_id>.ckpt  mid-run checkpoints of unfinished runs (mtlbench.train.checkpoint owns them)
     report/                    rendered by ``mtlbench report``
 

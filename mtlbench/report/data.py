@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import Any, Iterable
 import numpy as np
 import pandas as pd
 
-from mtlbench.config import cell_name
+from mtlbench.config import base_architecture, cell_name, shown_architecture
 from mtlbench.errors import ConfigError, MtlbenchError
 from mtlbench.records.schema import TABLES
 from mtlbench.records.store import ResultsStore
@@ -108,8 +109,14 @@ def ordered(kind: str, present: Iterable[Any]) -> list[str]:
     if reg is None:
         return seen
     lower = {n.lower(): i for i, n in enumerate(reg)}
-    known = sorted((v for v in seen if v.lower() in lower), key=lambda v: lower[v.lower()])
-    return known + [v for v in seen if v.lower() not in lower]
+    base = {v: base_architecture(v).lower() if kind == "architecture" else v.lower() for v in seen}
+    known = sorted((v for v in seen if base[v] in lower), key=lambda v: (lower[base[v]], natural_key(v)))
+    return known + [v for v in seen if base[v] not in lower]
+
+
+def natural_key(text: str) -> list[Any]:
+    """Sort key that compares the numbers in a name as numbers: MTAL[rho=0.55] before MTAL[rho=0.9]."""
+    return [float(part) if i % 2 else part for i, part in enumerate(re.split(r"(-?\d+(?:\.\d+)?)", text))]
 
 
 @dataclass
@@ -204,8 +211,9 @@ def load_results(folders: Iterable[Path | str]) -> Results:
     out["runs"].loc[mtl, "target_scaling"] = out["runs"].loc[mtl, "target_scaling"].fillna("none")
     # A variant of an architecture ([arch_sweep], e.g. MTAL's rho) is an architecture of its own in the report.
     varied = out["runs"]["variant"].notna()
-    out["runs"].loc[varied, "architecture"] = (out["runs"].loc[varied, "architecture"] + "["
-                                               + out["runs"].loc[varied, "variant"] + "]")
+    out["runs"].loc[varied, "architecture"] = [shown_architecture(a, v) for a, v in
+                                               zip(out["runs"].loc[varied, "architecture"],
+                                                   out["runs"].loc[varied, "variant"])]
     for col, what in (("data_fingerprint", "data sets"), ("epochs", "epoch budgets")):
         values = out["runs"][col].dropna().unique()
         if len(values) > 1:
@@ -376,7 +384,7 @@ def find_missing(results: Results, cells: pd.DataFrame, axes: Axes) -> list[str]
     for kind, have in (("architecture", axes.architectures), ("weighting", axes.weightings)):
         reg = registry_names(kind)
         if reg:
-            ran = {h.split("[", 1)[0].lower() for h in have}   # MTAL[rho=0.4] is a variant of MTAL
+            ran = {base_architecture(h).lower() for h in have}   # MTAL[rho=0.4] is a variant of MTAL
             absent = [n for n in reg if n.lower() not in ran]
             if absent:
                 msgs.append(f"{kind}s never run in these results ({len(absent)} of {len(reg)}): {', '.join(absent)}")

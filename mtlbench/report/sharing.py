@@ -12,7 +12,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from mtlbench.config import cell_name
-from mtlbench.report.data import CELL_KEY
+from mtlbench.report.data import CELL_KEY, natural_key
 from mtlbench.report.figures import new_figure
 
 
@@ -36,12 +36,12 @@ def share_by_layer(runs: pd.DataFrame, sharing: pd.DataFrame, several_scalings: 
     per_run = last.groupby(["cell", "run_id", "layer"], sort=False)["ratio"].mean().reset_index()
     order = list(dict.fromkeys(last["layer"]))
     table = per_run.groupby(["layer", "cell"], sort=False)["ratio"].mean().unstack("cell")
-    return table.reindex(order)
+    return table.reindex(index=order, columns=sorted(table.columns, key=natural_key))
 
 
 def share_by_epoch(runs: pd.DataFrame, sharing: pd.DataFrame, several_scalings: bool = False) -> pd.DataFrame:
-    """Per cell and merge epoch: the fraction of all banked filters tied (layers weighted by their filter count),
-    mean and sample std over seeds."""
+    """Per cell and merge epoch: the share ratio over every banked layer (each layer's ratio weighted by its filter
+    count; with more than two tasks, also averaged over task pairs), mean and sample std over seeds."""
     rows = _cells(runs, sharing, several_scalings)
     if rows.empty:
         return pd.DataFrame(columns=["cell", "epoch", "ratio_mean", "ratio_std", "seeds"])

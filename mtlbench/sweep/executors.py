@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import gc
 import multiprocessing as mp
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
@@ -82,10 +83,13 @@ class SequentialExecutor:
 
     def run(self, cells, ctx, on_start, on_result, progress=None):
         freeze_long_lived()
-        for cfg in cells:
-            on_start(cfg)
-            on_result(run_cell(cfg, ctx.table, ctx.data, progress=tagged(progress, cfg.label),
-                               **ctx.cell_options("sequential")))
+        try:
+            for cfg in cells:
+                on_start(cfg)
+                on_result(run_cell(cfg, ctx.table, ctx.data, progress=tagged(progress, cfg.label),
+                                   **ctx.cell_options("sequential")))
+        finally:   # this process may live on (a notebook, a test session): what it frees later is collected again
+            gc.unfreeze()
 
 
 # -- local processes ----------------------------------------------------------------------------------------------

@@ -150,7 +150,7 @@ def _method_args(raw: Any, registry: Registry, section: str) -> dict[str, dict]:
     return out
 
 
-def _arch_sweep(raw: Any, args: dict[str, dict]) -> dict[str, dict[str, list]]:
+def _arch_sweep(raw: Any, args: dict[str, dict], architectures: tuple[str, ...]) -> dict[str, dict[str, list]]:
     """``[arch_sweep.X] option = [v1, v2, ...]``: every value checked as ``[arch_args.X]`` checks one."""
     if not isinstance(raw, dict):
         raise ConfigError("arch_sweep must hold one table per architecture, e.g. [arch_sweep.MTAL] rho = [0.4, 0.55]")
@@ -160,6 +160,8 @@ def _arch_sweep(raw: Any, args: dict[str, dict]) -> dict[str, dict[str, list]]:
             raise ConfigError(f"arch_sweep: unknown architecture {name!r}; allowed: {', '.join(ARCHITECTURES.names())}")
         entry = ARCHITECTURES.entry(name)
         where = f"arch_sweep.{entry.name}"
+        if entry.name not in architectures:
+            raise ConfigError(f"{where}: {entry.name} is not in axes.architectures, so nothing would sweep it")
         if not isinstance(options, dict) or not options:
             raise ConfigError(f"{where} must be a table of option = [values], got {options!r}")
         swept: dict[str, list] = {}
@@ -168,8 +170,11 @@ def _arch_sweep(raw: Any, args: dict[str, dict]) -> dict[str, dict[str, list]]:
                 raise ConfigError(f"{where}.{key} must be a non-empty list of values, got {values!r}")
             if key in args.get(entry.name, {}):
                 raise ConfigError(f"{where}.{key} is also set in arch_args.{entry.name}; give it in one place")
-            checked = [check_options(entry, {key: v}, where) for v in values]
-            swept[next(iter(checked[0]))] = [c[next(iter(c))] for c in checked]
+            for v in values:
+                check_options(entry, {key: v}, where)
+            if len({repr(v) for v in values}) < len(values):
+                raise ConfigError(f"{where}.{key} repeats a value: {values!r} (each value is one variant)")
+            swept[key] = list(values)
         out[entry.name] = swept
     return out
 
@@ -198,13 +203,13 @@ def parse_spec(raw: dict[str, Any], default_name: str = "sweep") -> SweepSpec:
     return SweepSpec(
         name=str(raw.get("name", default_name)), description=str(raw.get("description", "")), data=data,
         protocol=protocol,
-        architectures=_names(axes.get("architectures", "all"), ARCHITECTURES, "architectures"),
+        architectures=(architectures := _names(axes.get("architectures", "all"), ARCHITECTURES, "architectures")),
         weightings=_names(axes.get("weightings", "all"), WEIGHTINGS, "weightings"),
         decoders=_names(axes.get("decoders", "all"), DECODERS, "decoders"),
         target_scaling=tuple(dict.fromkeys(scalings)), seeds=tuple(dict.fromkeys(seeds)), fastcar=fastcar,
         arch_args=(arch_args := _method_args(raw.get("arch_args", {}), ARCHITECTURES, "arch_args")),
         weight_args=_method_args(raw.get("weight_args", {}), WEIGHTINGS, "weight_args"),
-        arch_sweep=_arch_sweep(raw.get("arch_sweep", {}), arch_args))
+        arch_sweep=_arch_sweep(raw.get("arch_sweep", {}), arch_args, architectures))
 
 
 def load_spec(path_or_name: str | Path) -> SweepSpec:
