@@ -8,6 +8,8 @@ shadow ``tests/conftest.py`` for ``from conftest import run_cli``).
   pass (so representation-gradient methods work too), in float32, for the registry-wide contract tests.
 - :class:`TinyEncoder`, :class:`TinyResNet`, :func:`toy_problem`, :func:`build`, :func:`task_losses`: small networks
   and data for training checks.
+- :func:`arch_batch`, :func:`arch_losses`, :func:`two_heads`, :func:`step_moves`: what the architecture tests share
+  (a random two-task batch, its two losses, the two heads, one checked optimiser step).
 """
 
 from __future__ import annotations
@@ -188,3 +190,42 @@ def build(arch: type, weighting: type, encoder_class, feature_dim: int, pool: bo
 def task_losses(model, x, y_cls, y_reg) -> torch.Tensor:
     out = model(x)
     return torch.stack([nn.functional.cross_entropy(out["cls"], y_cls), nn.functional.mse_loss(out["reg"], y_reg)])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# architecture tests: a random two-task batch, its task losses, the two heads, one checked step
+# ---------------------------------------------------------------------------------------------------------------
+
+def arch_batch(n: int = 4, size: int = 32) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Images, class labels (3 classes) and regression targets, from a fixed generator."""
+    gen = torch.Generator().manual_seed(1)
+    return (torch.randn(n, 3, size, size, generator=gen), torch.tensor([0, 1, 2, 0][:n]),
+            torch.randn(n, generator=gen))
+
+
+def arch_losses(out: dict[str, torch.Tensor], labels: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """[cross-entropy, MSE] of a two-task model's outputs."""
+    return torch.stack([nn.functional.cross_entropy(out["cls"], labels),
+                        nn.functional.mse_loss(out["reg"].reshape(-1), targets)])
+
+
+def two_heads(decoder: str = "decoder1", num_classes: int = 3) -> nn.ModuleDict:
+    from mtlbench.models.decoders import build_decoder
+
+    return nn.ModuleDict({"cls": build_decoder(decoder, num_classes), "reg": build_decoder(decoder, 1)})
+
+
+def step_moves(model: nn.Module, backward_kwargs: dict, x: torch.Tensor, labels: torch.Tensor,
+               targets: torch.Tensor, watched: list[torch.Tensor], what: str) -> None:
+    """One SGD step of a composed model: finite losses, every shared parameter and no other given a finite gradient
+    by the weighting, and every ``watched`` parameter moved."""
+    opt = torch.optim.SGD(model.parameters(), lr=1e-2)
+    before = [p.detach().clone() for p in watched]
+    opt.zero_grad(set_to_none=True)
+    losses = arch_losses(model(x), labels, targets)
+    model.backward(losses, **backward_kwargs)
+    assert torch.isfinite(losses).all(), what
+    assert all(p.grad is not None for p in model.get_share_params()), what
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None), what
+    opt.step()
+    assert all(not torch.equal(b, p) for b, p in zip(before, watched)), what

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from method_probes import arch_batch, step_moves
 from torch import nn
 
 from mtlbench.errors import ConfigError
@@ -25,17 +26,6 @@ from mtlbench.registry import check_options
 
 CPU = torch.device("cpu")
 TASKS = ["cls", "reg"]
-
-
-def batch(n: int = 4, size: int = 32):
-    gen = torch.Generator().manual_seed(1)
-    return (torch.randn(n, 3, size, size, generator=gen), torch.tensor([0, 1, 2, 0][:n]),
-            torch.randn(n, generator=gen))
-
-
-def losses_of(out, labels, targets) -> torch.Tensor:
-    return torch.stack([nn.functional.cross_entropy(out["cls"], labels),
-                        nn.functional.mse_loss(out["reg"].reshape(-1), targets)])
 
 
 def identity_model(weighting: type = libmtl_weighting.EW, **opts):
@@ -132,7 +122,7 @@ def test_gamma_is_the_smooth_steps_width():
 
 def test_outputs_are_convex_combinations_of_the_experts():
     model = identity_model(num_experts=[4]).eval()
-    x, _, _ = batch()
+    x, _, _ = arch_batch()
     with torch.no_grad():
         out = model(x)
         experts = torch.stack([e(x) for e in model.experts_shared])   # [m, B, C, H, W]
@@ -160,7 +150,7 @@ def test_regularizer_value(num_experts):
 
 def test_training_forward_backpropagates_every_gates_regularizer():
     model = identity_model().train()
-    x, _, _ = batch()
+    x, _, _ = arch_batch()
     model.zero_grad(set_to_none=True)
     model(x)
     reg = model.gate_regularizer
@@ -186,22 +176,13 @@ def step(weighting: str, decoder: str = "decoder1", channels_last: bool = False)
     torch.manual_seed(0)
     built = build_mtl_model("DSelect-k", weighting, decoder, num_classes=3, img_size=32, device=CPU)
     model = built.module.train()
-    x, labels, targets = batch()
+    x, labels, targets = arch_batch()
     if channels_last:
         model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
-    opt = torch.optim.SGD(model.parameters(), lr=1e-2)
     watched = [model.experts_shared[0].conv1.weight, model.experts_shared[2].layer4[1].conv2.weight,
                model.gates["reg"].z_logits.weight, model.gates["cls"].w_logits.weight, model.decoders["cls"][-1].weight]
-    before = [p.detach().clone() for p in watched]
-    opt.zero_grad(set_to_none=True)
-    losses = losses_of(model(x), labels, targets)
-    model.backward(losses, **built.backward_kwargs)
-    assert torch.isfinite(losses).all()
-    assert all(p.grad is not None for p in model.get_share_params()), weighting
-    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None), weighting
-    opt.step()
-    assert all(not torch.equal(b, p) for b, p in zip(before, watched)), weighting
+    step_moves(model, built.backward_kwargs, x, labels, targets, watched, weighting)
     return model
 
 

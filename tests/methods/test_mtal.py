@@ -9,7 +9,7 @@ import copy
 import pytest
 import torch
 import torchvision
-from method_probes import TinyResNet
+from method_probes import TinyResNet, arch_batch, arch_losses, two_heads
 from torch import nn
 
 from mtlbench.libmtl_compat import compose, libmtl_weighting
@@ -21,7 +21,6 @@ from mtlbench.methods.mtal import (
     MTALOptions,
 )
 from mtlbench.methods.registry import ARCHITECTURES
-from mtlbench.models.decoders import build_decoder
 from mtlbench.models.encoder import EncoderFactory, ResNet18Trunk
 from mtlbench.models.mtl import build_mtl_model
 
@@ -30,25 +29,10 @@ ROW_KEYS = {"layer", "task_a", "task_b", "kernels", "above_rho", "newly_tied", "
             "mean_similarity"}
 
 
-def batch(n: int = 4, size: int = 32):
-    gen = torch.Generator().manual_seed(1)
-    return (torch.randn(n, 3, size, size, generator=gen), torch.tensor([0, 1, 2, 0][:n]),
-            torch.randn(n, generator=gen))
-
-
-def losses_of(out, labels, targets) -> torch.Tensor:
-    return torch.stack([nn.functional.cross_entropy(out["cls"], labels),
-                        nn.functional.mse_loss(out["reg"].reshape(-1), targets)])
-
-
-def decoders_for(decoder: str = "decoder1") -> nn.ModuleDict:
-    return nn.ModuleDict({"cls": build_decoder(decoder, 3), "reg": build_decoder(decoder, 1)})
-
-
 def mtal_model(weighting: type = libmtl_weighting.EW, rep_grad: bool = False, seed: int = 0, **options):
     """A two-task MTAL on ResNet-18 composed as ``build_mtl_model`` composes (decoders first, then the trunks)."""
     torch.manual_seed(seed)
-    decoders = decoders_for()
+    decoders = two_heads()
     return compose(MTAL, weighting)(task_name=["cls", "reg"], encoder_class=EncoderFactory(False), decoders=decoders,
                                     rep_grad=rep_grad, multi_input=False, device=CPU, img_size=[3, 32, 32],
                                     **options)
@@ -200,22 +184,22 @@ def test_three_task_model_at_rho_minus_one_shares_a_third():
 def test_rho_above_one_is_independent_networks():
     model = mtal_model(rho=1.01).train()
     torch.manual_seed(0)
-    decoders = decoders_for()
+    decoders = two_heads()
     trunks = [EncoderFactory(False)() for _ in range(2)]          # the same seed, the same draws
     assert model.epoch_end(1) and model.share_ratio() == 0.0
     for t, trunk in enumerate(trunks):
         state = model.task_trunk_state(t)
         assert state.keys() == trunk.state_dict().keys()
         assert all(torch.equal(state[name], p) for name, p in trunk.state_dict().items())
-    x, labels, targets = batch()
+    x, labels, targets = arch_batch()
     torch.manual_seed(3)
     mine = model(x)
     torch.manual_seed(3)
     theirs = run_independent(trunks, decoders, x)
     for t in ("cls", "reg"):
         torch.testing.assert_close(mine[t], theirs[t], rtol=0, atol=0)
-    losses_of(mine, labels, targets).sum().backward()
-    losses_of(theirs, labels, targets).sum().backward()
+    arch_losses(mine, labels, targets).sum().backward()
+    arch_losses(theirs, labels, targets).sum().backward()
     assert_gradients_sum_over_readers(model, trunks, rtol=0, atol=0)
 
 
@@ -271,18 +255,18 @@ def test_tied_kernels_identical_summed_gradients_and_stay_tied(merged):
         pairs[name] = (i, j)
         assert torch.equal(a[f"{name}.weight"][i], b[f"{name}.weight"][j])
     # a tied filter's gradient is the sum of both tasks' gradients of their (equal) filters
-    x, labels, targets = batch()
+    x, labels, targets = arch_batch()
     torch.manual_seed(3)
-    losses_of(model(x), labels, targets).sum().backward()
+    arch_losses(model(x), labels, targets).sum().backward()
     torch.manual_seed(3)
-    losses_of(run_independent(trunks, decoders, x), labels, targets).sum().backward()
+    arch_losses(run_independent(trunks, decoders, x), labels, targets).sum().backward()
     assert_gradients_sum_over_readers(model, trunks, rtol=1e-4, atol=1e-6)
     # Adam steps keep them tied (one stored tensor) and move them
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     opt.step()
     for _ in range(2):
         opt.zero_grad()
-        losses_of(model(x), labels, targets).sum().backward()
+        arch_losses(model(x), labels, targets).sum().backward()
         opt.step()
     a2, b2 = model.task_trunk_state(0), model.task_trunk_state(1)
     for name, (i, j) in pairs.items():
@@ -302,7 +286,7 @@ def test_state_dict_round_trip_keeps_the_sharing(merged):
     fresh.load_state_dict(state)
     assert fresh.share_ratio() == model.share_ratio()
     assert all(torch.equal(p.index, q.index) for p, q in zip(fresh.encoder.banks, model.encoder.banks))
-    x, _, _ = batch()
+    x, _, _ = arch_batch()
     with torch.no_grad():
         mine, theirs = model(x), fresh(x)
     for t in ("cls", "reg"):
@@ -362,7 +346,7 @@ def test_pretrained_copies_start_identical():
     factory = EncoderFactory(False)
     factory.pretrained, factory._state = True, state   # the factory's own path, with a stand-in checkpoint
     model = compose(MTAL, libmtl_weighting.EW)(task_name=["cls", "reg"], encoder_class=factory,
-                                               decoders=decoders_for(), rep_grad=False, multi_input=False,
+                                               decoders=two_heads(), rep_grad=False, multi_input=False,
                                                device=CPU)
     assert model.identical_start
     for t in (0, 1):
@@ -374,15 +358,15 @@ def test_graddrop_representation_is_each_task_trunk_output(merged):
     model = mtal_model(libmtl_weighting.GradDrop, rep_grad=True, rho=0.1).train()
     model.load_state_dict(merged[0].state_dict())
     reference = copy.deepcopy(merged[0]).train()
-    x, labels, targets = batch()
+    x, labels, targets = arch_batch()
     torch.manual_seed(5)
     out = model(x)
     assert set(model.rep) == {"cls", "reg"} and all(r.shape == (4, 512, 1, 1) for r in model.rep.values())
     model.zero_grad(set_to_none=True)
-    model.backward(losses_of(out, labels, targets), leak=1.0)   # leak 1: every gradient kept, i.e. equal weights
+    model.backward(arch_losses(out, labels, targets), leak=1.0)   # leak 1: every gradient kept, i.e. equal weights
     reference.zero_grad(set_to_none=True)
     torch.manual_seed(5)
-    reference.backward(losses_of(reference(x), labels, targets))
+    reference.backward(arch_losses(reference(x), labels, targets))
     for (name, p), q in zip(model.named_parameters(), reference.parameters()):
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-5 * float(q.grad.abs().max()), msg=name)
 
@@ -398,11 +382,11 @@ def test_cells_step_after_a_merge(weighting, decoder, merged):
     model.encoder.load_state_dict(merged[0].encoder.state_dict())   # the merged trunks (merging again costs a second)
     assert model.share_ratio() == merged[0].share_ratio() > 0
     assert {id(p) for p in model.get_share_params()} == {id(p) for p in model.encoder.parameters()}
-    x, labels, targets = batch()
+    x, labels, targets = arch_batch()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     bank = model.encoder.banks[0]
     before = [bank.weight.detach().clone(), model.decoders["reg"][-1].weight.detach().clone()]
-    losses = losses_of(model(x), labels, targets) + model.penalty()
+    losses = arch_losses(model(x), labels, targets) + model.penalty()
     opt.zero_grad(set_to_none=True)
     model.backward(losses, **built.backward_kwargs)
     assert torch.isfinite(losses).all()
@@ -416,7 +400,7 @@ def test_cells_step_after_a_merge(weighting, decoder, merged):
 
 def test_channels_last(merged):
     model = copy.deepcopy(merged[0]).eval()
-    x, _, _ = batch()
+    x, _, _ = arch_batch()
     with torch.no_grad():
         reference = model(x)
         model.to(memory_format=torch.channels_last)

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from method_probes import arch_batch, arch_losses, step_moves, two_heads
 from torch import nn
 
 from mtlbench.errors import ConfigError
 from mtlbench.libmtl_compat import compose, libmtl_architecture, libmtl_weighting
 from mtlbench.methods.ple import PLE, PLE_DEFAULTS, PLEOptions
 from mtlbench.methods.registry import ARCHITECTURES, WEIGHTINGS, not_applicable
-from mtlbench.models.decoders import build_decoder
 from mtlbench.models.encoder import EncoderFactory, ResNet18Trunk
 from mtlbench.models.mtl import build_mtl_model
 from mtlbench.registry import check_options
@@ -25,25 +25,10 @@ RESNET = sum(p.numel() for p in ResNet18Trunk().parameters())
 STAGE_INPUTS = [3 * 32 * 32, 64 * 8 * 8, 64 * 8 * 8, 128 * 4 * 4, 256 * 2 * 2]
 
 
-def batch(n: int = 4, size: int = 32):
-    gen = torch.Generator().manual_seed(1)
-    return (torch.randn(n, 3, size, size, generator=gen), torch.tensor([0, 1, 2, 0][:n]),
-            torch.randn(n, generator=gen))
-
-
-def losses_of(out, labels, targets) -> torch.Tensor:
-    return torch.stack([nn.functional.cross_entropy(out["cls"], labels),
-                        nn.functional.mse_loss(out["reg"].reshape(-1), targets)])
-
-
-def decoders(kind: str = "decoder1") -> nn.ModuleDict:
-    return nn.ModuleDict({"cls": build_decoder(kind, 3), "reg": build_decoder(kind, 1)})
-
-
 def ple_model(weighting: type = libmtl_weighting.EW, rep_grad: bool = False, seed: int = 0, heads=None, **opts):
     torch.manual_seed(seed)
     return compose(PLE, weighting)(task_name=TASKS, encoder_class=EncoderFactory(False),
-                                   decoders=heads if heads is not None else decoders(), rep_grad=rep_grad,
+                                   decoders=heads if heads is not None else two_heads(), rep_grad=rep_grad,
                                    multi_input=False, device=CPU, img_size=[3, 32, 32], **opts)
 
 
@@ -76,7 +61,7 @@ def test_one_extraction_layer_is_libmtl_cgc(num_experts):
     ple = ple_model(num_experts=num_experts, extraction_layers=[5])
     torch.manual_seed(7)
     cgc = compose(libmtl_architecture.CGC, libmtl_weighting.EW)(
-        task_name=TASKS, encoder_class=EncoderFactory(False), decoders=decoders(), rep_grad=False,
+        task_name=TASKS, encoder_class=EncoderFactory(False), decoders=two_heads(), rep_grad=False,
         multi_input=False, device=CPU, img_size=[3, 32, 32], num_experts=num_experts)
     (layer,) = ple.encoder.layers
     assert layer.shared_gate is None   # the last (only) layer has no shared gate
@@ -89,7 +74,7 @@ def test_one_extraction_layer_is_libmtl_cgc(num_experts):
     ple.decoders.load_state_dict(cgc.decoders.state_dict())
     assert sum(p.numel() for p in ple.parameters()) == sum(p.numel() for p in cgc.parameters())
     assert sum(p.numel() for p in ple.get_share_params()) == sum(p.numel() for p in cgc.get_share_params())
-    x, _, _ = batch()
+    x, _, _ = arch_batch()
     for train in (False, True):
         ple.train(train), cgc.train(train)
         torch.manual_seed(3)   # the same dropout masks
@@ -107,7 +92,7 @@ def test_without_shared_gate_is_libmtls_ple(num_experts):
     ple = ple_model(num_experts=num_experts, shared_gate=False)
     torch.manual_seed(7)
     theirs = compose(libmtl_architecture.PLE, libmtl_weighting.EW)(
-        task_name=TASKS, encoder_class=EncoderFactory(False), decoders=decoders(), rep_grad=False,
+        task_name=TASKS, encoder_class=EncoderFactory(False), decoders=two_heads(), rep_grad=False,
         multi_input=False, device=CPU, img_size=[3, 32, 32], num_experts=num_experts)
     enc = theirs.encoder
     for i, layer in enumerate(ple.encoder.layers):
@@ -121,7 +106,7 @@ def test_without_shared_gate_is_libmtls_ple(num_experts):
     ple.decoders.load_state_dict(theirs.decoders.state_dict())
     assert sum(p.numel() for p in ple.parameters()) == sum(p.numel() for p in theirs.parameters())
     assert [p.shape for p in ple.get_share_params()] == [p.shape for p in theirs.get_share_params()]
-    x, _, _ = batch()
+    x, _, _ = arch_batch()
     for train in (False, True):
         ple.train(train), theirs.train(train)
         torch.manual_seed(3)
@@ -156,7 +141,7 @@ def _reference_encoder(model, x):
 def test_layers_follow_the_paper(groups):
     model = ple_model(num_experts=[2, 1, 1], extraction_layers=groups).eval()
     assert [l.shared_gate is None for l in model.encoder.layers] == [False] * (len(groups) - 1) + [True]
-    x, _, _ = batch()
+    x, _, _ = arch_batch()
     with torch.no_grad():
         got, expected = model.encoder(x), _reference_encoder(model, x)
         for t in TASKS:
@@ -185,7 +170,7 @@ def test_parameter_count_and_shared_parameters(num_experts, groups, shared_gate)
     model = ple_model(num_experts=num_experts, extraction_layers=groups, shared_gate=shared_gate)
     starts = [sum(groups[:i]) for i in range(len(groups))]
     inputs = [STAGE_INPUTS[s] for s in starts]
-    heads = sum(p.numel() for p in decoders().parameters())
+    heads = sum(p.numel() for p in two_heads().parameters())
     expected = sum(num_experts) * RESNET + _gate_params(num_experts, groups, inputs, shared_gate) + heads
     assert sum(p.numel() for p in model.parameters()) == expected
     # shared: the shared experts of every layer and the shared gates; nothing else
@@ -210,18 +195,18 @@ def test_every_copy_is_its_own_encoder():
 
 def test_graddrop_representations_are_the_task_outputs():
     model = ple_model(libmtl_weighting.GradDrop, rep_grad=True).train()
-    x, labels, targets = batch()
+    x, labels, targets = arch_batch()
     out = model(x)
     assert set(model.rep) == set(TASKS) and model.rep["cls"].shape == (4, 512, 1, 1)
     assert model.rep["cls"] is not model.rep["reg"]
     model.zero_grad(set_to_none=True)
-    model.backward(losses_of(out, labels, targets), leak=0.0)
+    model.backward(arch_losses(out, labels, targets), leak=0.0)
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.get_share_params())
 
 
 def test_channels_last():
     model = ple_model(libmtl_weighting.PCGrad).eval()
-    x, labels, targets = batch()
+    x, labels, targets = arch_batch()
     with torch.no_grad():
         reference = model(x)
     model.to(memory_format=torch.channels_last)
@@ -231,7 +216,7 @@ def test_channels_last():
     for t in TASKS:
         torch.testing.assert_close(got[t], reference[t], rtol=1e-4, atol=1e-4)
     model.train().zero_grad(set_to_none=True)
-    model.backward(losses_of(model(xc), labels, targets))
+    model.backward(arch_losses(model(xc), labels, targets))
     for p in model.get_share_params():
         assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.stride() == p.stride()
 
@@ -242,20 +227,11 @@ def step(weighting: str, decoder: str = "decoder1", **arch_args):
     built = build_mtl_model("PLE", weighting, decoder, num_classes=3, img_size=32, device=CPU,
                             arch_args=arch_args or None)
     model = built.module.train()
-    x, labels, targets = batch()
-    opt = torch.optim.SGD(model.parameters(), lr=1e-2)
+    x, labels, targets = arch_batch()
     layers = model.encoder.layers
     watched = [layers[0].shared[0][0][0].weight, layers[3].shared_gate.weight, layers[4].task_gates["reg"].weight,
                model.decoders["cls"][-1].weight]
-    before = [p.detach().clone() for p in watched]
-    opt.zero_grad(set_to_none=True)
-    losses = losses_of(model(x), labels, targets)
-    model.backward(losses, **built.backward_kwargs)
-    assert torch.isfinite(losses).all()
-    assert all(p.grad is not None for p in model.get_share_params()), weighting
-    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None), weighting
-    opt.step()
-    assert all(not torch.equal(b, p) for b, p in zip(before, watched)), weighting
+    step_moves(model, built.backward_kwargs, x, labels, targets, watched, weighting)
     return model
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torchvision
+from method_probes import arch_batch, arch_losses
 from torch import nn
 
 from mtlbench.libmtl_compat import compose, libmtl_architecture, libmtl_weighting
@@ -22,17 +23,6 @@ TREES = [f"Tree-b{k}" for k in range(5)]
 GRADIENT_WEIGHTINGS = [w.name for w in WEIGHTINGS if w.trait("gradients", False)]
 LOSS_WEIGHTINGS = [w.name for w in WEIGHTINGS if not w.trait("gradients", False)]
 STAGE_PARAMS = [sum(p.numel() for p in s.parameters()) for s in resnet_stages(ResNet18Trunk())]
-
-
-def batch(n: int = 4, size: int = 32):
-    gen = torch.Generator().manual_seed(1)
-    return (torch.randn(n, 3, size, size, generator=gen), torch.tensor([0, 1, 2, 0][:n]),
-            torch.randn(n, generator=gen))
-
-
-def losses_of(out, labels, targets) -> torch.Tensor:
-    return torch.stack([nn.functional.cross_entropy(out["cls"], labels),
-                        nn.functional.mse_loss(out["reg"].reshape(-1), targets)])
 
 
 def tree_model(k: int, weighting: type = libmtl_weighting.EW, decoder: str = "decoder1", rep_grad: bool = False,
@@ -51,7 +41,7 @@ def step(name: str, weighting: str, decoder: str, channels_last: bool = False, *
     built = build_mtl_model(name, weighting, decoder, num_classes=3, img_size=32, device=CPU,
                             weight_args=weight_args or None)
     model = built.module.train()
-    x, labels, targets = batch()
+    x, labels, targets = arch_batch()
     if channels_last:
         model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
@@ -60,7 +50,7 @@ def step(name: str, weighting: str, decoder: str, channels_last: bool = False, *
     shared = list(model.get_share_params())
     watched = [shared[0] if shared else next(model.encoder.branches[0].parameters()), model.decoders["reg"][-1].weight]
     before = [p.detach().clone() for p in watched]
-    losses = losses_of(model(x), labels, targets)
+    losses = arch_losses(model(x), labels, targets)
     opt.zero_grad(set_to_none=True)
     model.backward(losses, **built.backward_kwargs)
     assert torch.isfinite(losses).all(), (name, weighting, decoder, losses)
@@ -93,7 +83,7 @@ def test_tree_b5_is_hps():
     tree.decoders.load_state_dict(hps.decoders.state_dict())
     assert len(tree.encoder.branches) == 0
     assert sum(p.numel() for p in tree.parameters()) == sum(p.numel() for p in hps.parameters())
-    x, _, _ = batch()
+    x, _, _ = arch_batch()
     for train in (False, True):
         tree.train(train), hps.train(train)
         torch.manual_seed(3)   # the same dropout masks in training
@@ -127,7 +117,7 @@ def test_share_params_are_exactly_the_shared_stages(k):
 @pytest.mark.parametrize("k", range(5))
 def test_one_task_loss_leaves_the_other_branch_untouched(k):
     model = tree_model(k).train()
-    x, labels, _ = batch()
+    x, labels, _ = arch_batch()
     model.zero_grad(set_to_none=True)
     nn.functional.cross_entropy(model(x)["cls"], labels).backward()
     mine, other = model.encoder.branches
@@ -139,7 +129,7 @@ def test_one_task_loss_leaves_the_other_branch_untouched(k):
 
 def test_forward_for_one_task_runs_only_its_branch():
     model = tree_model(2).eval()
-    x, _, _ = batch()
+    x, _, _ = arch_batch()
     with torch.no_grad():
         both, one = model(x), model(x, task_name="reg")
     assert set(one) == {"reg"} and torch.equal(one["reg"], both["reg"])
@@ -153,16 +143,16 @@ def test_graddrop_representation_is_the_shared_output(k):
     model = tree_model(k, libmtl_weighting.GradDrop, rep_grad=True).train()
     reference = tree_model(k, libmtl_weighting.EW).train()
     reference.load_state_dict(model.state_dict())
-    x, labels, targets = batch()
+    x, labels, targets = arch_batch()
     torch.manual_seed(5)   # the same dropout masks in both models
     out = model(x)
     rep = model.encoder.shared(x)
     assert set(model.rep) == {"cls", "reg"} and all(r.shape == rep.shape for r in model.rep.values())
     model.zero_grad(set_to_none=True)
-    model.backward(losses_of(out, labels, targets), leak=1.0)   # leak 1: every gradient kept, i.e. equal weights
+    model.backward(arch_losses(out, labels, targets), leak=1.0)   # leak 1: every gradient kept, i.e. equal weights
     reference.zero_grad(set_to_none=True)
     torch.manual_seed(5)
-    reference.backward(losses_of(reference(x), labels, targets))
+    reference.backward(arch_losses(reference(x), labels, targets))
     for (name, p), q in zip(model.named_parameters(), reference.parameters()):
         # summation order differs (two backward passes into the trunk instead of one): float32 round-off only
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-5 * float(q.grad.abs().max()), msg=name)
