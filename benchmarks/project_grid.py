@@ -8,8 +8,8 @@ and decoder D is EW's measured rate on HPS + Decoder-1 (``--ew-img-s``, or the E
 - the FLOPs of HPS + Decoder-1's training step over A + D's (forward and backward, counted by torch's
   FlopCounterMode on one image at the spec's size: arithmetic, not a measurement).
 Evaluation adds one forward (a third of a step's FLOPs) over the validation images each epoch and the test images
-twice. FastCAR counts as HPS + EW with Decoder-1 (its one regression head costs less). The figure assumes one cell per GPU; two per GPU gave
-1.6x the throughput on an H200 (README, Performance). Example::
+twice. FastCAR counts as HPS + EW with Decoder-1 (its one regression head costs less). The figure assumes one
+cell per GPU; two per GPU gave 1.6x the throughput on an H200 (README, Performance). Example::
 
     python benchmarks/project_grid.py --spec paper --log docs/gpu-h200-2026-11-30/weightings.log
 """

@@ -11,6 +11,11 @@ from mtlbench.errors import ConfigError
 
 TargetScaling = Literal["none", "standard"]
 TARGET_SCALINGS = ("none", "standard")
+LABEL_SCALES = ("raw", "unit")
+# Options added after runs were recorded: at these values they are left out of run ids, so every run recorded
+# before an option existed keeps its id (and a results folder its finished cells).
+LATER_DEFAULTS: dict[str, dict[str, Any]] = {"protocol": {"bn_reestimate_batches": 0},
+                                             "fastcar": {"label_scale": "raw"}}
 
 
 @dataclass(frozen=True)
@@ -33,6 +38,9 @@ class TrainingProtocol:
     compile: bool = False         # torch.compile the model
     latency_repeats: int = 20     # timed repeats for inference latency
     checkpoint_every: int = 1     # epochs between mid-run checkpoints in a sweep; 0 = none
+    # Before each evaluation, re-estimate BatchNorm's running statistics from this many training batches (0: keep
+    # the ones training accumulated, the paper's protocol). See Trainer.reestimate_batchnorm.
+    bn_reestimate_batches: int = 0
 
     def __post_init__(self) -> None:
         positive = {"epochs": self.epochs, "batch_size": self.batch_size, "img_size": self.img_size}
@@ -45,6 +53,9 @@ class TrainingProtocol:
             raise ConfigError(f"protocol.checkpoint_every must be an integer >= 0, got {self.checkpoint_every!r}")
         if self.max_steps_per_epoch is not None and self.max_steps_per_epoch < 1:
             raise ConfigError(f"protocol.max_steps_per_epoch must be >= 1, got {self.max_steps_per_epoch}")
+        if not isinstance(self.bn_reestimate_batches, int) or self.bn_reestimate_batches < 0:
+            raise ConfigError(f"protocol.bn_reestimate_batches must be an integer >= 0, got "
+                              f"{self.bn_reestimate_batches!r}")
 
     # Fields that change speed but not the computation's meaning are left out of run ids.
     NON_IDENTITY = ("device", "latency_repeats", "compile", "checkpoint_every")
@@ -58,6 +69,10 @@ class FastCARSettings:
     grad_threshold: float = 2.0   # the paper's bound on the mean gradient magnitude after one epoch
     max_attempts: int = 5
     gap_shrink: float = 0.5       # rule: each failed attempt multiplies the gap by this factor
+    # Hybrid labels in the paper's raw hardness units ("raw"), or divided by half their span so they lie in [-1, 1]
+    # ("unit", the FastCAR twin of the grid's target_scaling). The one-epoch test's gradient bound then meets
+    # gradients about that many times smaller.
+    label_scale: str = "raw"
 
     def __post_init__(self) -> None:
         if self.gap <= 0:
@@ -66,6 +81,9 @@ class FastCARSettings:
             raise ConfigError(f"fastcar.gap_shrink must be in (0, 1), got {self.gap_shrink}")
         if self.max_attempts < 1:
             raise ConfigError(f"fastcar.max_attempts must be >= 1, got {self.max_attempts}")
+        if self.label_scale not in LABEL_SCALES:
+            raise ConfigError(f"fastcar.label_scale must be one of {', '.join(LABEL_SCALES)}, got "
+                              f"{self.label_scale!r}")
 
 
 def shown_architecture(architecture: str, variant: str | None) -> str:
@@ -144,6 +162,10 @@ class RunConfig:
         d.pop("variant_keys")
         for key in TrainingProtocol.NON_IDENTITY:
             d["protocol"].pop(key, None)
+        for part, defaults in LATER_DEFAULTS.items():
+            for key, value in defaults.items():
+                if d.get(part) is not None and d[part].get(key) == value:
+                    del d[part][key]
         return d
 
     def run_id(self, data_fingerprint: str) -> str:

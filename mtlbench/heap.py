@@ -36,6 +36,11 @@ def heap_in_use_bytes() -> int | None:
     return int(info.uordblks + info.hblkhd)
 
 
+def kept_free_bytes() -> int | None:
+    """Bytes glibc holds freed for reuse (``mallinfo2().fordblks``); None without ``mallinfo2``."""
+    return None if _MALLINFO2 is None else int(_MALLINFO2().fordblks)
+
+
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3   # mallopt's parameter numbers (malloc.h)
 KEEP = str(2**32)   # the value the Makefile and the CLI give MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_
 

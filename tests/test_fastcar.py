@@ -56,6 +56,19 @@ def test_no_attempt_accepted_continues_with_the_smallest_gradient_and_says_so(ti
     assert result.status == "ok"
 
 
+def test_unit_label_scale_trains_on_labels_in_unit_range_and_reports_raw_units(tiny):
+    raw, unit = _search(tiny, gap=50.0), _search(tiny, gap=50.0, label_scale="unit")
+    assert raw.status == unit.status == "ok", (raw.message, unit.message)
+    hp = json.loads(unit.row["hparams_json"])
+    assert hp["fastcar"]["label_scale"] == "unit" and hp["transform"]["scale"] > 1 and \
+        json.loads(raw.row["hparams_json"])["transform"]["scale"] == 1.0
+    # the hybrid labels are ~span times smaller, so the one-epoch test's gradients are too
+    assert unit.tables["label_search"][0]["mean_grad"] < raw.tables["label_search"][0]["mean_grad"]
+    preds = pd.DataFrame(unit.tables["predictions"])
+    assert preds.true_target.between(100, 1500).all() and preds.pred_target.abs().max() < 1e4
+    assert unit.run_id != raw.run_id
+
+
 def test_fastcar_cli_end_to_end_writes_all_tables(tmp_path, tiny_data, cache_dir):
     out = tmp_path / "res"
     proc = run_cli("fastcar", "--data", str(tiny_data), "--epochs", "2", "--img-size", "32", "--batch-size", "8",

@@ -94,3 +94,17 @@ def test_tree_models_record_their_structure(runs):
     assert grid[~grid.index.get_level_values(0).str.startswith("Tree") & (grid.index.get_level_values(0) != "HPS")
                 ].branch_point.isna().all()
     assert (grid.shared_params <= grid.backbone_params).all()
+
+
+def test_every_mtal_cell_wrote_its_sharing_table(smoke_results, runs):
+    """MTAL x every weighting x both decoders merged after its epoch and recorded it; no other architecture did."""
+    sharing = pd.read_parquet(smoke_results / "sharing.parquet")
+    mtal = runs[runs.architecture == "MTAL"]
+    assert len(mtal) == len(WEIGHTINGS) * len(DECODERS)
+    assert set(sharing.run_id) == set(mtal.run_id)
+    per_run = sharing.groupby("run_id").layer.nunique()
+    assert (per_run == 20).all()                      # every convolution of the ResNet-18 trunk
+    assert sharing.ratio.between(0, 1).all() and (sharing.epoch == 1).all()
+    assert mtal.kernel_share_ratio.between(0, 1).all()
+    assert (mtal.unique_trunk_params <= mtal.backbone_params).all()
+    assert runs[runs.architecture != "MTAL"].kernel_share_ratio.isna().all()

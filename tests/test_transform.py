@@ -21,12 +21,16 @@ def labelled(draw):
     return labels, targets, k, gap
 
 
+@pytest.mark.parametrize("label_scale", ["raw", "unit"])
 @settings(max_examples=200, deadline=None)
 @given(labelled())
-def test_round_trip_every_class_and_target(case):
+def test_round_trip_every_class_and_target(label_scale, case):
     labels, targets, k, gap = case
-    t = LabelTransform.fit(labels, targets, k, gap)
-    cls, back = t.inverse(t.forward(labels, targets))
+    t = LabelTransform.fit(labels, targets, k, gap, label_scale)
+    hybrid = t.forward(labels, targets)
+    if label_scale == "unit":
+        assert np.abs(hybrid).max() <= 1 + 1e-9 and t.scale == pytest.approx(t.span)
+    cls, back = t.inverse(hybrid)
     np.testing.assert_array_equal(cls, labels)
     np.testing.assert_allclose(back, targets, rtol=0, atol=1e-7 * max(1.0, np.abs(targets).max()))
 
@@ -75,9 +79,10 @@ def test_gap_must_be_positive():
         LabelTransform.fit(np.array([0]), np.array([1.0]), 1, 0.0)
 
 
+@pytest.mark.parametrize("label_scale", ["raw", "unit"])
 @settings(max_examples=100, deadline=None)
 @given(labelled(), st.lists(st.floats(min_value=-1.0, max_value=1.0), min_size=1, max_size=40))
-def test_the_learner_inverse_equals_the_transform_inverse(case, fractions):
+def test_the_learner_inverse_equals_the_transform_inverse(label_scale, case, fractions):
     """FastCAR's two inverses: the learner's on the device (float32) and the transform's (float64). The same class
     wherever the value is not within float32 rounding of a point equally far from two ranges, and the same target."""
     import torch
@@ -85,9 +90,9 @@ def test_the_learner_inverse_equals_the_transform_inverse(case, fractions):
     from mtlbench.fastcar.learner import FastCARLearner
 
     labels, targets, k, gap = case
-    t = LabelTransform.fit(labels, targets, k, gap)
+    t = LabelTransform.fit(labels, targets, k, gap, label_scale)
     r = t.ranges()
-    span = float(r[:, 1].max() - r[:, 0].min()) + 2 * gap
+    span = float(r[:, 1].max() - r[:, 0].min()) + 2 * gap / t.scale
     values = np.asarray(fractions) * span
     learner = FastCARLearner(torch.nn.Linear(1, 1), t)
     cls_dev, target_dev = learner.inverse(torch.tensor(values, dtype=torch.float32))
@@ -95,10 +100,10 @@ def test_the_learner_inverse_equals_the_transform_inverse(case, fractions):
     # a value within float32 rounding of the midpoint of a gap may go either way
     dist = np.maximum(r[None, :, 0] - values[:, None], 0) + np.maximum(values[:, None] - r[None, :, 1], 0)
     ordered = np.sort(dist, axis=1)
-    tol = 4 * np.finfo(np.float32).eps * (np.abs(values) + np.abs(r).max() + t.centre)
+    tol = 4 * np.finfo(np.float32).eps * (np.abs(values) + np.abs(r).max() + t.centre / t.scale)
     clear = (ordered[:, 1] - ordered[:, 0]) > tol if k > 1 else np.ones(len(values), bool)
     np.testing.assert_array_equal(cls_dev.numpy()[clear], cls_ref[clear])
     same = clear & (cls_dev.numpy() == cls_ref)
+    scale = np.abs(values).max() * t.scale + abs(t.centre) + max(map(abs, t.constants))
     np.testing.assert_allclose(target_dev.numpy()[same], target_ref[same], rtol=0,
-                               atol=float(4 * np.finfo(np.float32).eps * (np.abs(values).max() + abs(t.centre)
-                                                                       + max(map(abs, t.constants)))))
+                               atol=float(4 * np.finfo(np.float32).eps * scale))

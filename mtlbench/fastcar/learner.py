@@ -31,14 +31,14 @@ class FastCARLearner:
         self._grad_steps = 0
 
     def hybrid(self, labels: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return targets + self.constants[labels] - self.transform.centre
+        return (targets + self.constants[labels] - self.transform.centre) / self.transform.scale
 
     def inverse(self, pred: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Device-side twin of :meth:`LabelTransform.inverse`."""
         p = pred.reshape(-1, 1)
         dist = (self.lo[None] - p).clamp(min=0) + (p - self.hi[None]).clamp(min=0)
         cls = dist.argmin(1)
-        return cls, pred.reshape(-1) + self.transform.centre - self.constants[cls]
+        return cls, pred.reshape(-1) * self.transform.scale + self.transform.centre - self.constants[cls]
 
     def train_step(self, x, labels, targets):
         with autocast_for(self.device, self.amp):

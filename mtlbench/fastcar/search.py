@@ -46,7 +46,7 @@ def label_search(run: RunRecord, settings: FastCARSettings, progress: ProgressFn
     records: list[dict[str, Any]] = run.tables["label_search"]
     for attempt in range(1, settings.max_attempts + 1):
         t0 = time.perf_counter()
-        transform = LabelTransform.fit(labels, targets, run.data.num_classes, gap)
+        transform = LabelTransform.fit(labels, targets, run.data.num_classes, gap, settings.label_scale)
         candidate, learner = fastcar_trainer(run, transform, progress)
         learner.track_grad = True
         candidate.fit(1)

@@ -88,8 +88,9 @@ RUNS = pa.schema([
     #   cuda_max_allocated: torch.cuda.max_memory_allocated, reset at the run's start (tensors only, no cache);
     #   cpu_heap_sampled: peak of the C heap's in-use bytes (glibc mallinfo2: every arena plus mmapped blocks),
     #     sampled every 10 ms, above its value at the run's start;
-    #   cpu_rss_sampled (no mallinfo2: not glibc, or glibc < 2.33): peak of the process's anonymous resident memory (file-backed pages such as the
-    #     memory-mapped image cache left out), sampled every 10 ms, above its value at the run's start;
+    #   cpu_rss_sampled (no mallinfo2: not glibc, or glibc < 2.33): peak of the process's anonymous resident
+    #     memory (file-backed pages such as the memory-mapped image cache left out), sampled every 10 ms, above its
+    #     value at the run's start;
     #   cpu_maxrss_process: no /proc, so the process's lifetime peak RSS (includes earlier runs in the process).
     # Rows written before peak_mem_method existed read it as null: a CPU figure there is the lifetime peak.
     pa.field("peak_mem_mb", pa.float64()),

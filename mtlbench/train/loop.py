@@ -74,6 +74,7 @@ class Trainer:
         self.optimizer = make_adam(params, protocol.lr, protocol.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
             self.optimizer, mode="min", factor=protocol.plateau_factor, patience=protocol.plateau_patience)
+        self.seed = seed
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(seed)
         self.state = TrainState()
@@ -157,7 +158,40 @@ class Trainer:
         return record
 
     @torch.no_grad()
+    def reestimate_batchnorm(self, batches: int) -> None:
+        """Replace every BatchNorm layer's running statistics by their plain average over ``batches`` training
+        batches of the current weights (no flips, in training mode as ``torch.optim.swa_utils.update_bn`` does, no
+        gradients). Weights are untouched. The batches come from a generator of their own, seeded by the run's seed
+        and epoch, and the global generator that dropout draws from is restored afterwards, so the training order,
+        the weights and a resumed run are unaffected."""
+        norms = [m for m in self.module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+                 and m.track_running_stats]
+        if not norms:
+            return
+        momenta = [m.momentum for m in norms]
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None   # a cumulative average over the batches below
+        generator = torch.Generator(device=self.device)
+        generator.manual_seed(self.seed * 100_003 + self.epoch)
+        self.module.train()
+        devices = [self.device] if self.device.type == "cuda" else []
+        try:
+            with torch.random.fork_rng(devices=devices):
+                for step, (x, _, _, _) in enumerate(self.data.batches(
+                        "train", self.protocol.batch_size, shuffle=True, generator=generator,
+                        channels_last=self.protocol.channels_last, drop_last=self._drop_last())):
+                    if step >= batches:
+                        break
+                    self.module(x)
+        finally:
+            for m, momentum in zip(norms, momenta):
+                m.momentum = momentum
+
+    @torch.no_grad()
     def predict(self, split: str) -> tuple[float, Predictions]:
+        if self.protocol.bn_reestimate_batches:
+            self.reestimate_batchnorm(self.protocol.bn_reestimate_batches)
         self.module.eval()
         loss = torch.zeros((), device=self.device)
         parts: list[tuple[torch.Tensor, ...]] = []
