@@ -122,6 +122,9 @@ class RunConfig:
     # The arch_args keys a spec's [arch_sweep.X] varies, comma-joined: the run is one variant of its architecture,
     # shown as e.g. "MTAL[rho=0.4]". Presentation only: the values are in arch_args, so it is not in the run id.
     variant_keys: str = ""
+    # The one option a spec's [ablation] changed from the spec's own settings, e.g. "protocol.lr=0.0003" ("" for
+    # the spec's setting). Presentation only: the value is in the protocol or fastcar settings, so not in the id.
+    setting: str = ""
 
     def __post_init__(self) -> None:
         if self.target_scaling not in TARGET_SCALINGS:
@@ -152,14 +155,16 @@ class RunConfig:
     @property
     def label(self) -> str:
         """The display name with what else tells runs apart: ``HPS+EW/decoder1/none seed=0``."""
+        setting = f" [{self.setting}]" if self.setting else ""
         if self.kind == "fastcar":
-            return f"{cell_name(None)} seed={self.seed}"
+            return f"{cell_name(None)}{setting} seed={self.seed}"
         name = cell_name(self.shown_architecture, self.weighting, self.decoder, self.target_scaling)
-        return f"{name} seed={self.seed}"
+        return f"{name}{setting} seed={self.seed}"
 
     def identity(self) -> dict[str, Any]:
         d = asdict(self)
         d.pop("variant_keys")
+        d.pop("setting")
         for key in TrainingProtocol.NON_IDENTITY:
             d["protocol"].pop(key, None)
         for part, defaults in LATER_DEFAULTS.items():

@@ -49,7 +49,7 @@ def config_row(cfg: RunConfig, run_id: str, *, sweep: str | None, **more: Any) -
     """The ``runs`` columns a run's configuration alone gives (also the whole row of a run whose worker was lost)."""
     return Row("runs", {
         "run_id": run_id, "sweep": sweep, "kind": cfg.kind, "status": "ok", "architecture": cfg.architecture,
-        "variant": cfg.variant, "weighting": cfg.weighting, "decoder": cfg.decoder,
+        "variant": cfg.variant, "setting": cfg.setting or None, "weighting": cfg.weighting, "decoder": cfg.decoder,
         "target_scaling": cfg.target_scaling if cfg.kind == "mtl" else None, "seed": cfg.seed,
         "config_json": cfg.to_json(), "schema_version": SCHEMA_VERSION}, **more)
 

@@ -36,6 +36,8 @@ def result_table(rows: list[dict], title: str) -> Table:
         scaling = r.get("target_scaling") if r.get("target_scaling") not in (None, "none") else None
         arch = shown_architecture(r["architecture"], r.get("variant")) if r["kind"] == "mtl" else None
         name = escape(cell_name(arch, r.get("weighting"), r.get("decoder"), scaling))
+        if r.get("setting"):
+            name += escape(f" [{r['setting']}]")
         if r.get("seed") not in (None, 0):
             name += f" seed {r['seed']}"
         colour = {"ok": "green", "failed": "red", "diverged": "yellow", "not_applicable": "dim"}.get(r["status"], "white")

@@ -36,6 +36,7 @@ RUNS = pa.schema([
     pa.field("failed_epoch", pa.int64()),
     pa.field("architecture", pa.string()),
     pa.field("variant", pa.string()),                         # [arch_sweep] option values, e.g. rho=0.4
+    pa.field("setting", pa.string()),                         # [ablation] change, e.g. protocol.lr=0.0003
     pa.field("weighting", pa.string()),
     pa.field("decoder", pa.string()),
     pa.field("target_scaling", pa.string()),

@@ -145,6 +145,9 @@ class Results:
     label_search: pd.DataFrame
     sharing: pd.DataFrame
     notes: list[str] = field(default_factory=list)
+    # runs of a spec's [ablation] settings (``setting`` set): kept out of ``runs``, so that every cell, FastCAR and
+    # finding is the spec's own setting; the ablation table compares them with it
+    ablation: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     @property
     def mtl(self) -> pd.DataFrame:
@@ -214,12 +217,17 @@ def load_results(folders: Iterable[Path | str]) -> Results:
     out["runs"].loc[varied, "architecture"] = [shown_architecture(a, v) for a, v in
                                                zip(out["runs"].loc[varied, "architecture"],
                                                    out["runs"].loc[varied, "variant"])]
+    if "setting" not in out["runs"]:
+        out["runs"]["setting"] = None
+    changed = out["runs"]["setting"].notna()
+    ablation = out["runs"][changed].reset_index(drop=True)
+    out["runs"] = out["runs"][~changed].reset_index(drop=True)
     for col, what in (("data_fingerprint", "data sets"), ("epochs", "epoch budgets")):
         values = out["runs"][col].dropna().unique()
         if len(values) > 1:
             notes.append(f"the runs mix {len(values)} {what} ({', '.join(map(str, values[:5]))}); cells and "
                          f"seeds are aggregated across them")
-    return Results(folders=folders, notes=notes, **out)
+    return Results(folders=folders, notes=notes, ablation=ablation, **out)
 
 
 # -- aggregation ----------------------------------------------------------------------------------------------------
@@ -280,6 +288,35 @@ def aggregate_fastcar(runs: pd.DataFrame, specs: list[MetricSpec], selection: st
     if fc.empty:
         return None
     return _summarise(fc, specs, selection)
+
+
+#: the stability measure's columns (mtlbench.stability), in points
+SPREADS = (("val_accuracy_spread", "val. accuracy spread"), ("val_mape_spread", "val. MAPE spread"))
+
+
+def aggregate_ablation(results: Results, specs: list[MetricSpec], selection: str = "best") -> pd.DataFrame:
+    """One row per run (FastCAR, or a grid cell) and setting of a spec's [ablation]: the spec's own setting first
+    (``setting`` "spec"), then each change; test metrics and the stability measure as mean, sample std and n over
+    seeds, and how many runs were unstable. Empty without ablation runs."""
+    if results.ablation.empty:
+        return pd.DataFrame()
+    both = pd.concat([results.runs.assign(setting="spec"), results.ablation], ignore_index=True)
+    both["run"] = [cell_name(None) if k == "fastcar" else cell_name(a, w, d, sc if sc not in (None, "none") else None)
+                   for k, a, w, d, sc in zip(both["kind"], both["architecture"], both["weighting"], both["decoder"],
+                                             both["target_scaling"])]
+    both = both[both["run"].isin(set(both.loc[both["setting"] != "spec", "run"]))]
+    rows = []
+    for (run, setting), group in both.groupby(["run", "setting"], sort=False):
+        row = {"run": run, "setting": setting, **_summarise(group, specs, selection)}
+        ok = group[group["status"] == "ok"]
+        for col, _ in SPREADS:
+            row[f"{col}_mean"], row[f"{col}_std"], row[f"{col}_n"] = _stats(ok[col] if col in ok else pd.Series())
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    settings = {s: i for i, s in enumerate(dict.fromkeys(["spec", *results.ablation["setting"]]))}
+    runs = {r: i for i, r in enumerate(dict.fromkeys(sorted(out["run"], key=lambda r: r != cell_name(None))))}
+    return out.sort_values(["run", "setting"], key=lambda c: c.map(settings if c.name == "setting" else runs),
+                           kind="stable").reset_index(drop=True)
 
 
 def axes_of(results: Results) -> Axes:

@@ -19,10 +19,11 @@ from mtlbench.report.findings import findings
 from mtlbench.report.ranking import add_rankings
 from mtlbench.report.sharing import share_by_epoch, share_by_layer, sharing_figure
 from mtlbench.report.data import (CELL_KEY, ENV_FIELDS, METRIC_SPECS, PROTOCOL_FIELDS, Axes, MetricSpec,
-                                  aggregate_cells, aggregate_fastcar, axes_of, coverage_counts, example_config,
-                                  find_missing, load_results, metric_specs, value_counts)
+                                  aggregate_ablation, aggregate_cells, aggregate_fastcar, axes_of, coverage_counts,
+                                  example_config, find_missing, load_results, metric_specs, value_counts)
 from mtlbench.stability import UNSTABLE_ACCURACY_POINTS, UNSTABLE_MAPE_POINTS
-from mtlbench.report.tables import best_cell, build_summary, cells_table, summary_markdown, summary_wide
+from mtlbench.report.tables import (ablation_markdown, ablation_view, best_cell, build_summary, cells_table,
+                                    summary_markdown, summary_wide)
 
 FORMATS = ("png", "svg", "md", "csv", "html")
 DEFAULT_METRICS = ("accuracy", "mse", "mape", "time")
@@ -32,7 +33,7 @@ HeatmapKey = tuple[str, str, str]   # (metric, decoder, target_scaling)
 _OWN = re.compile(r"^(heatmap_.+\.(png|svg|csv)|(scatter_accuracy_mape|fastcar_predictions|fastcar_confusion|"
                   r"learning_curves|ltb_trees)\.(png|svg)|treemtl_(delta_t|score_macs|verified)(_\d+)?\.(png|svg|csv)|"
                   r"cd_(weighting|architecture)_\w+\.(png|svg|csv)|ranking_(weighting|architecture)\.csv|"
-                  r"summary\.(md|csv)|cells\.csv|report\.html)$")
+                  r"summary\.(md|csv)|cells\.csv|ablation\.csv|report\.html)$")
 
 
 @dataclass
@@ -278,10 +279,16 @@ def render_report(results: list[Path] | Path | str, out: Path | str | None = Non
 
     # -- summary and tables ----------------------------------------------------------------------------------------
     summary = build_summary(cells, fastcar, specs, axes)
+    ablation = aggregate_ablation(data, all_specs, selection)
     title = "mtlbench report: MTL grid vs FastCAR"
     if "md" in formats:
         path = out_dir / "summary.md"
-        path.write_text(summary_markdown(summary, axes, title=title, notes=missing, findings=found))
+        extra = ablation_markdown(ablation_view(ablation, all_specs), selection) if not ablation.empty else []
+        path.write_text(summary_markdown(summary, axes, title=title, notes=missing, findings=found, extra=extra))
+        files.append(path)
+    if "csv" in formats and not ablation.empty:
+        path = out_dir / "ablation.csv"
+        ablation.to_csv(path, index=False)
         files.append(path)
     per_cell = cells_table(cells, all_specs_for_table(specs), several_scalings) if has_grid else pd.DataFrame()
     if "csv" in formats:

@@ -25,7 +25,7 @@ import pandas as pd
 from rich.table import Table
 
 from mtlbench.config import cell_name
-from mtlbench.report.data import Axes, MetricSpec
+from mtlbench.report.data import SPREADS, Axes, MetricSpec
 
 SUMMARY_COLUMNS = ["scaling", "metric", "row", "family", "decoder", "value", "std", "n", "cell", "architecture",
                    "weighting", "cell_value", "text"]
@@ -137,8 +137,35 @@ def markdown_table(df: pd.DataFrame, index: bool = True) -> str:
     return "\n".join(lines)
 
 
+def ablation_view(ablation: pd.DataFrame, specs: list[MetricSpec]) -> pd.DataFrame:
+    """The [ablation] table as shown: one row per run and setting, each figure "mean ± std" over its seeds."""
+    shown = [s for s in specs if s.name in ("accuracy", "mape")]
+    rows = []
+    for _, r in ablation.iterrows():
+        row = {"run": r["run"], "setting": r["setting"], "seeds ok": f"{r['n_ok']}/{r['n_runs']}"}
+        for spec in shown:
+            row[spec.cbar] = _pm(spec, r[f"{spec.name}_mean"], r[f"{spec.name}_std"])
+        for col, label in SPREADS:
+            mean, std = r[f"{col}_mean"], r[f"{col}_std"]
+            row[f"{label} (points)"] = "-" if not np.isfinite(mean) else \
+                f"{mean:.1f}" + (f" ± {std:.1f}" if np.isfinite(std) else "")
+        row["unstable"] = f"{r['n_unstable']}/{r['n_ok']}"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def ablation_markdown(view: pd.DataFrame, selection: str) -> list[str]:
+    """The ablation section of summary.md (nothing without ablation runs)."""
+    if view.empty:
+        return []
+    return ["## Ablation: one factor at a time from the spec's setting", "", markdown_table(view, index=False), "",
+            f"Test metrics at the {selection} validation epoch and the spread (max - min) of validation accuracy and "
+            "MAPE over each run's last epochs, mean ± sample std over seeds; unstable: runs whose spread exceeds "
+            "the threshold (mtlbench.stability). \"spec\" is the spec's own setting.", ""]
+
+
 def summary_markdown(summary: pd.DataFrame, axes: Axes, *, title: str, notes: list[str],
-                     findings: list[str] | None = None) -> str:
+                     findings: list[str] | None = None, extra: list[str] | None = None) -> str:
     out = [f"# {title}", ""]
     if findings:
         out += ["## Findings", ""] + [f"- {line}" for line in findings] + ["", "## Summary (the paper's Table 1)", ""]
@@ -155,6 +182,7 @@ def summary_markdown(summary: pd.DataFrame, axes: Axes, *, title: str, notes: li
     out += ["Best-type rows: the winning cell (architecture+weighting) by mean over seeds, its mean ± std over seeds "
             "(sample std; none with one seed). Run time: the family's mean ± std over its cells, and the fastest "
             "cell. Test metrics at the best validation epoch. MSE in multiples of 1000.", ""]
+    out += extra or []
     if notes:
         out += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
     return "\n".join(out)

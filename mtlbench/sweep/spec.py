@@ -18,6 +18,10 @@ Example::
     [fastcar]
     enabled = true
     gap = 50.0
+    [ablation.protocol]        # optional: one factor at a time from the settings above, each value its own runs
+    lr = [3e-4]
+    [ablation.fastcar]
+    label_scale = ["unit"]
 """
 
 from __future__ import annotations
@@ -42,7 +46,8 @@ else:  # pragma: no cover
 
 # Package data (pyproject's package-data), so that an installed mtlbench finds its specs too.
 SPEC_DIR = Path(__file__).resolve().parents[1] / "specs"
-TOP_KEYS = {"name", "description", "data", "protocol", "axes", "fastcar", "arch_args", "weight_args", "arch_sweep"}
+TOP_KEYS = {"name", "description", "data", "protocol", "axes", "fastcar", "arch_args", "weight_args", "arch_sweep",
+            "ablation"}
 AXES_KEYS = {"architectures", "weightings", "decoders", "target_scaling", "seeds"}
 DATA_KEYS = {"source", "image_col", "class_col", "target_col", "split_col", "seed", "allow_overlap"}
 
@@ -63,6 +68,9 @@ class SweepSpec:
     # per architecture, options swept as an axis: {"MTAL": {"rho": [0.1, ..., 0.9]}}; each combination of values is
     # a variant of the architecture (its own cells, shown as "MTAL[rho=0.4]")
     arch_sweep: dict[str, dict[str, list]] = field(default_factory=dict)
+    # one factor at a time: (section, key, value) with section "protocol" or "fastcar"; each changes the spec's
+    # setting in that one place and repeats its runs (a fastcar key: only FastCAR's runs, the grid ignores it)
+    ablation: tuple[tuple[str, str, Any], ...] = ()
     description: str = ""
 
     def with_overrides(self, *, source: str | None = None, allow_overlap: bool = False, device: str | None = None,
@@ -83,11 +91,23 @@ class SweepSpec:
         return replace(self, data=data, protocol=protocol)
 
     def cells(self) -> list[RunConfig]:
-        """Every run of the sweep, in a stable order: FastCAR first (per seed), then the grid."""
+        """Every run of the sweep, in a stable order: the spec's setting (FastCAR first per seed, then the grid),
+        then each [ablation] setting's runs in the order given."""
+        out = self._setting_cells(self.protocol, self.fastcar, grid=True)
+        for section, key, value in self.ablation:
+            protocol = replace(self.protocol, **{key: value}) if section == "protocol" else self.protocol
+            fastcar = replace(self.fastcar, **{key: value}) if section == "fastcar" and self.fastcar else self.fastcar
+            out += [replace(cfg, setting=f"{section}.{key}={value}")
+                    for cfg in self._setting_cells(protocol, fastcar, grid=section == "protocol")]
+        return out
+
+    def _setting_cells(self, protocol: TrainingProtocol, fastcar: FastCARSettings | None,
+                       grid: bool) -> list[RunConfig]:
         out: list[RunConfig] = []
-        if self.fastcar is not None:
-            out += [RunConfig(kind="fastcar", protocol=self.protocol, seed=s, fastcar=self.fastcar)
-                    for s in self.seeds]
+        if fastcar is not None:
+            out += [RunConfig(kind="fastcar", protocol=protocol, seed=s, fastcar=fastcar) for s in self.seeds]
+        if not grid:
+            return out
         for seed in self.seeds:
             for scaling in self.target_scaling:
                 for dec in self.decoders:
@@ -95,7 +115,7 @@ class SweepSpec:
                         for variant in self.variants(arch):
                             for w in self.weightings:
                                 out.append(RunConfig(
-                                    kind="mtl", protocol=self.protocol, seed=seed, architecture=arch, weighting=w,
+                                    kind="mtl", protocol=protocol, seed=seed, architecture=arch, weighting=w,
                                     decoder=dec, target_scaling=scaling,  # type: ignore[arg-type]
                                     arch_args={**self.arch_args.get(arch, {}), **variant},
                                     weight_args=self.weight_args.get(w, {}), variant_keys=",".join(variant)))
@@ -107,13 +127,15 @@ class SweepSpec:
         return [dict(zip(swept, values)) for values in itertools.product(*swept.values())]
 
 
-def _names(value: Any, registry: Registry, key: str) -> tuple[str, ...]:
+def _names(value: Any, registry: Registry, key: str, allow_empty: bool = False) -> tuple[str, ...]:
     if value == "all":
         return tuple(registry.names())
     if isinstance(value, str) and value in registry.groups:
         return tuple(registry.names(value))
     if isinstance(value, str):
         value = [value]
+    if allow_empty and value == []:
+        return ()
     if not isinstance(value, list) or not value:
         raise ConfigError(f"axes.{key} must be \"all\", one of the groups ({', '.join(registry.groups) or 'none'}) "
                           f"or a non-empty list of: {', '.join(registry.names())}")
@@ -179,6 +201,37 @@ def _arch_sweep(raw: Any, args: dict[str, dict], architectures: tuple[str, ...])
     return out
 
 
+def _ablation(raw: Any, protocol: TrainingProtocol, fastcar: FastCARSettings | None) -> tuple[tuple[str, str, Any], ...]:
+    """``[ablation.protocol] lr = [3e-4]``: each value checked as the section checks it, and not the spec's own."""
+    if not isinstance(raw, dict):
+        raise ConfigError("ablation must hold [ablation.protocol] and / or [ablation.fastcar] tables of value lists")
+    _check_keys(raw, {"protocol", "fastcar"}, "ablation")
+    out: list[tuple[str, str, Any]] = []
+    for section, table in raw.items():
+        if section == "fastcar" and fastcar is None:
+            raise ConfigError("ablation.fastcar: FastCAR is not enabled in this spec, so nothing would vary it")
+        base = protocol if section == "protocol" else fastcar
+        allowed = {f.name for f in fields(base)} - set(getattr(base, "NON_IDENTITY", ()))
+        if not isinstance(table, dict):
+            raise ConfigError(f"ablation.{section} must be a table of value lists, e.g. lr = [3e-4]")
+        _check_keys(table, allowed, f"ablation.{section}")
+        for key, values in table.items():
+            where = f"ablation.{section}.{key}"
+            if not isinstance(values, list) or not values:
+                raise ConfigError(f"{where} must be a non-empty list of values, got {values!r}")
+            if len(set(map(repr, values))) < len(values):
+                raise ConfigError(f"{where} repeats a value: {values!r} (each value is one setting)")
+            for value in values:
+                if value == getattr(base, key):
+                    raise ConfigError(f"{where}: {value!r} is the spec's own setting, which runs anyway")
+                try:
+                    replace(base, **{key: value})
+                except (ConfigError, TypeError, ValueError) as exc:
+                    raise ConfigError(f"{where}: {value!r} is refused ({exc})") from None
+                out.append((section, key, value))
+    return tuple(out)
+
+
 def parse_spec(raw: dict[str, Any], default_name: str = "sweep") -> SweepSpec:
     _check_keys(raw, TOP_KEYS, "")
     data = dict(raw.get("data", {}))
@@ -200,16 +253,21 @@ def parse_spec(raw: dict[str, Any], default_name: str = "sweep") -> SweepSpec:
     enabled = fc_raw.pop("enabled", True)
     _check_keys(fc_raw, {f.name for f in fields(FastCARSettings)}, "fastcar")
     fastcar = replace(FastCARSettings(), **fc_raw) if enabled else None
+    # A FastCAR-only sweep empties all three grid axes; one empty axis alone is a mistake, as is an empty sweep.
+    grid_axes = ("architectures", "weightings", "decoders")
+    fastcar_only = fastcar is not None and all(axes.get(k, "all") == [] for k in grid_axes)
     return SweepSpec(
         name=str(raw.get("name", default_name)), description=str(raw.get("description", "")), data=data,
         protocol=protocol,
-        architectures=(architectures := _names(axes.get("architectures", "all"), ARCHITECTURES, "architectures")),
-        weightings=_names(axes.get("weightings", "all"), WEIGHTINGS, "weightings"),
-        decoders=_names(axes.get("decoders", "all"), DECODERS, "decoders"),
+        architectures=(architectures := _names(axes.get("architectures", "all"), ARCHITECTURES, "architectures",
+                                               fastcar_only)),
+        weightings=_names(axes.get("weightings", "all"), WEIGHTINGS, "weightings", fastcar_only),
+        decoders=_names(axes.get("decoders", "all"), DECODERS, "decoders", fastcar_only),
         target_scaling=tuple(dict.fromkeys(scalings)), seeds=tuple(dict.fromkeys(seeds)), fastcar=fastcar,
         arch_args=(arch_args := _method_args(raw.get("arch_args", {}), ARCHITECTURES, "arch_args")),
         weight_args=_method_args(raw.get("weight_args", {}), WEIGHTINGS, "weight_args"),
-        arch_sweep=_arch_sweep(raw.get("arch_sweep", {}), arch_args, architectures))
+        arch_sweep=_arch_sweep(raw.get("arch_sweep", {}), arch_args, architectures),
+        ablation=_ablation(raw.get("ablation", {}), protocol, fastcar))
 
 
 def load_spec(path_or_name: str | Path) -> SweepSpec:
