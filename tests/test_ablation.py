@@ -116,9 +116,11 @@ def test_the_ablation_table_is_mean_and_std_over_seeds_per_setting(ablated):
 
 
 def test_the_report_writes_the_ablation_table(ablated, tmp_path):
-    report = render_report([ablated], tmp_path / "report", formats=("md", "csv"))
+    report = render_report([ablated], tmp_path / "report", formats=("md", "csv", "html"))
     csv = pd.read_csv(tmp_path / "report" / "ablation.csv")
     assert len(csv) == 5
     md = (tmp_path / "report" / "summary.md").read_text()
     assert "## Ablation: one factor at a time" in md and "protocol.lr=0.0003" in md
     assert report.fastcar["n_runs"] == 2                               # Table 1's FastCAR: the spec's setting
+    html = (tmp_path / "report" / "report.html").read_text()
+    assert "Ablation: one factor at a time" in html and "fastcar.label_scale=unit" in html

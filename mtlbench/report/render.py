@@ -301,8 +301,9 @@ def render_report(results: list[Path] | Path | str, out: Path | str | None = Non
             files.append(path)
     if "html" in formats:
         path = out_dir / "report.html"
+        view = ablation_view(ablation, all_specs) if not ablation.empty else pd.DataFrame()
         path.write_text(_html(title, data, axes, summary, cells, per_cell, fastcar, missing, blocks, skipped, specs,
-                              selection, found), encoding="utf-8")
+                              selection, found, view), encoding="utf-8")
         files.append(path)
     return ReportResult(out_dir=out_dir, files=files, summary=summary, missing=missing, heatmaps=heatmaps,
                         color_limits=limits, cells=cells, fastcar=fastcar, skipped=skipped)
@@ -480,7 +481,7 @@ def all_specs_for_table(specs: list[MetricSpec]) -> list[MetricSpec]:
 
 def _html(title: str, data: Any, axes: Axes, summary: pd.DataFrame, cells: pd.DataFrame, per_cell: pd.DataFrame,
           fastcar: dict[str, Any] | None, missing: list[str], blocks: list[H.FigureBlock], skipped: list[str],
-          specs: list[MetricSpec], selection: str, found: list[str]) -> str:
+          specs: list[MetricSpec], selection: str, found: list[str], ablation: pd.DataFrame) -> str:
     runs = data.runs
     n_mtl, n_fc = int((runs["kind"] == "mtl").sum()), int((runs["kind"] == "fastcar").sum())
     headline = [f"{len(runs)} runs: {n_mtl} MTL grid runs in {len(cells)} cells, {n_fc} FastCAR run(s); "
@@ -494,6 +495,9 @@ def _html(title: str, data: Any, axes: Axes, summary: pd.DataFrame, cells: pd.Da
         tables.append(("Side by side", summary_wide(summary)))
     else:
         tables = [("", summary_wide(summary))]
+    if not ablation.empty:   # a spec's [ablation]: each setting beside the spec's own, mean ± std over seeds
+        tables.append(("Ablation: one factor at a time from the spec's setting (\"spec\"); spreads in points over "
+                       "the last epochs", ablation.set_index("run")))
     note = ("Best-type rows: the winning cell (architecture+weighting) chosen by its mean over seeds, shown as mean "
             "± sample std over seeds. Run time: the family's mean ± std over its cells, and the fastest cell. MSE in "
             "multiples of 1000.")
