@@ -53,7 +53,8 @@ class TrainingProtocol:
             raise ConfigError(f"protocol.checkpoint_every must be an integer >= 0, got {self.checkpoint_every!r}")
         if self.max_steps_per_epoch is not None and self.max_steps_per_epoch < 1:
             raise ConfigError(f"protocol.max_steps_per_epoch must be >= 1, got {self.max_steps_per_epoch}")
-        if not isinstance(self.bn_reestimate_batches, int) or self.bn_reestimate_batches < 0:
+        if (isinstance(self.bn_reestimate_batches, bool) or not isinstance(self.bn_reestimate_batches, int)
+                or self.bn_reestimate_batches < 0):
             raise ConfigError(f"protocol.bn_reestimate_batches must be an integer >= 0, got "
                               f"{self.bn_reestimate_batches!r}")
 
@@ -70,8 +71,8 @@ class FastCARSettings:
     max_attempts: int = 5
     gap_shrink: float = 0.5       # rule: each failed attempt multiplies the gap by this factor
     # Hybrid labels in the paper's raw hardness units ("raw"), or divided by half their span so they lie in [-1, 1]
-    # ("unit", the FastCAR twin of the grid's target_scaling). The one-epoch test's gradient bound then meets
-    # gradients about that many times smaller.
+    # ("unit", the FastCAR twin of the grid's target_scaling). The one-epoch test multiplies its measured gradient
+    # back by that scale, so the paper's bound stays in hardness units.
     label_scale: str = "raw"
 
     def __post_init__(self) -> None:

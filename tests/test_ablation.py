@@ -63,6 +63,9 @@ def test_a_fastcar_only_spec_empties_all_three_grid_axes():
     ({"fastcar": {"label_scale": ["minmax"]}}, "ablation.fastcar.label_scale: 'minmax' is refused"),
     ({"optimiser": {"lr": [3e-4]}}, "unknown key ablation.optimiser"),
     ({"protocol": [3e-4]}, "ablation.protocol must be a table"),
+    ({"protocol": {"img_size": [64]}}, "ablation.protocol.img_size: a sweep decodes its images once"),
+    ({"protocol": {"amp": [True]}}, "ablation.protocol.amp: a sweep checks once"),
+    ({"protocol": {"bn_reestimate_batches": [True]}}, "bn_reestimate_batches: True is refused"),
 ])
 def test_ablation_errors_name_the_key(ablation, match):
     with pytest.raises(ConfigError, match=match):
@@ -113,6 +116,27 @@ def test_the_ablation_table_is_mean_and_std_over_seeds_per_setting(ablated):
         assert row.accuracy_std == pytest.approx(group.best_accuracy.std())
         assert row.val_accuracy_spread_mean == pytest.approx(group.val_accuracy_spread.mean())
         assert row.val_mape_spread_std == pytest.approx(group.val_mape_spread.std())
+
+
+def test_a_run_recorded_under_one_setting_is_not_taken_for_another(ablated, tmp_path, tiny_data, cache_dir):
+    """The same settings make the same run: a spec whose own setting is an earlier sweep's ablation setting finds
+    those runs recorded under the ablation's label, and says so instead of mixing them into its Table 1."""
+    from mtlbench.sweep.runner import plan_sweep
+    from mtlbench.records.store import ResultsStore
+    from mtlbench.data import resolve_dataset
+
+    own = parse_spec({"data": {"source": str(tiny_data)},
+                      "protocol": {"epochs": 2, "batch_size": 8, "img_size": 32, "max_steps_per_epoch": 2,
+                                   "latency_repeats": 1, "checkpoint_every": 0, "lr": 3e-4},
+                      "axes": {"architectures": ["HPS"], "weightings": ["EW"], "decoders": ["decoder1"],
+                               "seeds": [0, 1]},
+                      "fastcar": {"max_attempts": 1}})
+    fingerprint = resolve_dataset(str(tiny_data), cache_dir=str(cache_dir)).fingerprint()
+    store = ResultsStore(ablated, create=False)
+    with pytest.raises(ConfigError, match=r"recorded in .* under the ablation setting protocol.lr=0.0003, and this "
+                                          r"sweep asks for it under a spec's own setting; write this sweep to another"):
+        plan_sweep(own, store, fingerprint)
+    assert not any(c.done for c in plan_sweep(own, store, fingerprint, force=True).cells)   # --force runs them
 
 
 def test_the_report_writes_the_ablation_table(ablated, tmp_path):

@@ -65,6 +65,12 @@ def test_a_run_with_reestimated_batchnorm_trains_and_is_another_run(loaded):
 
 
 def test_options_added_later_keep_earlier_run_ids_at_their_defaults():
+    # ids computed at e2f9bbc, before bn_reestimate_batches, label_scale and setting existed
+    p = TrainingProtocol(epochs=10, img_size=64)
+    assert RunConfig(kind="fastcar", protocol=p, fastcar=FastCARSettings()).run_id("25a1c3a7040f9374") == \
+        "fastcar-e42cd04c33ac"
+    assert RunConfig(kind="mtl", architecture="HPS", weighting="EW", decoder="decoder1", protocol=p
+                     ).run_id("25a1c3a7040f9374") == "hps-ew-decoder1-c73e9b49d41c"
     cfg = RunConfig(kind="fastcar", protocol=TrainingProtocol(), fastcar=FastCARSettings())
     ident = cfg.identity()
     assert "bn_reestimate_batches" not in ident["protocol"] and "label_scale" not in ident["fastcar"]
@@ -75,7 +81,8 @@ def test_options_added_later_keep_earlier_run_ids_at_their_defaults():
     assert other.run_id("x") != cfg.run_id("x")
 
 
-@pytest.mark.parametrize("bad", [{"bn_reestimate_batches": -1}, {"bn_reestimate_batches": 1.5}])
+@pytest.mark.parametrize("bad", [{"bn_reestimate_batches": -1}, {"bn_reestimate_batches": 1.5},
+                                 {"bn_reestimate_batches": True}])
 def test_bad_reestimation_counts_are_refused(bad):
     from mtlbench.errors import ConfigError
 

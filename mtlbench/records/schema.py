@@ -155,7 +155,8 @@ LABEL_SEARCH = pa.schema([
     pa.field("gap", pa.float64()),
     pa.field("constants_json", pa.string()),
     pa.field("centre", pa.float64()),
-    pa.field("mean_grad", pa.float64()),
+    pa.field("scale", pa.float64()),      # hybrid labels divided by it (label_scale unit); null: written before, 1
+    pa.field("mean_grad", pa.float64()),  # as measured; the one-epoch test compares mean_grad * scale
     pa.field("seconds", pa.float64()),
     pa.field("accepted", pa.bool_()),
 ])

@@ -196,6 +196,11 @@ def load_results(folders: Iterable[Path | str]) -> Results:
     runs["_finished"] = pd.to_datetime(runs["finished_at"], utc=True, errors="coerce")
     runs = runs.sort_values(["_rank", "_finished", "_order"], ascending=[True, False, True], kind="stable",
                             na_position="last")
+    if "setting" in runs:   # one run recorded in Table 1 in one folder and as an ablation setting in another
+        labels = runs["setting"].fillna("").groupby(runs["run_id"]).nunique()
+        if (labels > 1).any():
+            notes.append(f"{int((labels > 1).sum())} run(s) are recorded under different ablation settings in "
+                         f"different folders; each is shown once, under the setting of the record kept")
     n_before = len(runs)
     runs = runs.drop_duplicates("run_id", keep="first")
     if len(runs) < n_before:

@@ -8,6 +8,7 @@ from typing import Any
 
 from mtlbench.config import RunConfig
 from mtlbench.environment import check_amp, resolve_device
+from mtlbench.errors import ConfigError
 from mtlbench.records.store import ResultsStore
 from mtlbench.run_record import CellResult
 from mtlbench.data import decode_images
@@ -73,15 +74,26 @@ def plan_sweep(spec: SweepSpec, store: ResultsStore | None, fingerprint: str, *,
     ``read_status`` asks; with ``checkpoints``, a pending cell that has one is marked :attr:`PlannedCell.resumable`."""
     finished = store.finished() if store is not None else set()
     recorded: dict[str, str] = {}
-    if (retry_failed or read_status) and finished:
+    settings: dict[str, str] = {}
+    if finished:
         runs = store.read("runs")   # type: ignore[union-attr]
         recorded = dict(zip(runs["run_id"], runs["status"]))
+        if "setting" in runs:
+            settings = {r: s for r, s in zip(runs["run_id"], runs["setting"]) if isinstance(s, str) and s}
     retried = ("failed", "diverged") if retry_failed else ()
     cells = []
     for cfg in spec.cells():
         if filters and not matches(cfg, filters):
             continue
         rid = cfg.run_id(fingerprint)
+        if rid in finished and not force and settings.get(rid, "") != cfg.setting:
+            # The same settings make the same run, whichever spec asks; its record says where the report shows
+            # it (Table 1, or the ablation table), so one run cannot be both.
+            def where(s: str) -> str:
+                return f"the ablation setting {s}" if s else "a spec's own setting"
+            raise ConfigError(f"run {rid} ({cfg.label}) is recorded in {store.root} under "  # type: ignore[union-attr]
+                              f"{where(settings.get(rid, ''))}, and this sweep asks for it under {where(cfg.setting)}; "
+                              f"write this sweep to another --out folder")
         done = rid in finished and not force and recorded.get(rid) not in retried
         resumable = not done and not force and checkpoints is not None and checkpoints.exists(rid)
         cells.append(PlannedCell(cfg, rid, done=done, recorded=recorded.get(rid), resumable=resumable))

@@ -201,6 +201,12 @@ def _arch_sweep(raw: Any, args: dict[str, dict], architectures: tuple[str, ...])
     return out
 
 
+#: Protocol fields a sweep sets up once for all its runs, so an ablation cannot vary them.
+ONE_PER_SWEEP_WHY = {"img_size": "a sweep decodes its images once, at the spec's size",
+                     "amp": "a sweep checks once that the device supports bf16 autocast"}
+ONE_PER_SWEEP = set(ONE_PER_SWEEP_WHY)
+
+
 def _ablation(raw: Any, protocol: TrainingProtocol, fastcar: FastCARSettings | None) -> tuple[tuple[str, str, Any], ...]:
     """``[ablation.protocol] lr = [3e-4]``: each value checked as the section checks it, and not the spec's own."""
     if not isinstance(raw, dict):
@@ -214,7 +220,11 @@ def _ablation(raw: Any, protocol: TrainingProtocol, fastcar: FastCARSettings | N
         allowed = {f.name for f in fields(base)} - set(getattr(base, "NON_IDENTITY", ()))
         if not isinstance(table, dict):
             raise ConfigError(f"ablation.{section} must be a table of value lists, e.g. lr = [3e-4]")
-        _check_keys(table, allowed, f"ablation.{section}")
+        fixed = sorted(ONE_PER_SWEEP & set(table)) if section == "protocol" else []
+        for key in fixed:
+            raise ConfigError(f"ablation.protocol.{key}: {ONE_PER_SWEEP_WHY[key]}; give it as the protocol of a "
+                              f"spec of its own")
+        _check_keys(table, allowed - ONE_PER_SWEEP, f"ablation.{section}")
         for key, values in table.items():
             where = f"ablation.{section}.{key}"
             if not isinstance(values, list) or not values:

@@ -16,7 +16,7 @@ from mtlbench.config import TrainingProtocol
 from mtlbench.errors import Diverged
 from mtlbench.metrics import task_metrics
 from mtlbench.train.checkpoint import attribute_state, load_attribute_state, load_rng_state, rng_state
-from mtlbench.train.learners import Learner
+from mtlbench.train.learners import Learner, autocast_for
 
 ProgressFn = Callable[[str, dict[str, Any]], None]
 EpochFn = Callable[["Trainer"], None]
@@ -161,7 +161,7 @@ class Trainer:
     def reestimate_batchnorm(self, batches: int) -> None:
         """Replace every BatchNorm layer's running statistics by their plain average over ``batches`` training
         batches of the current weights (no flips, in training mode as ``torch.optim.swa_utils.update_bn`` does, no
-        gradients). Weights are untouched. The batches come from a generator of their own, seeded by the run's seed
+        gradients, under the evaluation's autocast). Weights are untouched. The batches come from a generator of their own, seeded by the run's seed
         and epoch, and the global generator that dropout draws from is restored afterwards, so the training order,
         the weights and a resumed run are unaffected."""
         norms = [m for m in self.module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
@@ -177,7 +177,7 @@ class Trainer:
         self.module.train()
         devices = [self.device] if self.device.type == "cuda" else []
         try:
-            with torch.random.fork_rng(devices=devices):
+            with torch.random.fork_rng(devices=devices), autocast_for(self.device, self.protocol.amp):
                 for step, (x, _, _, _) in enumerate(self.data.batches(
                         "train", self.protocol.batch_size, shuffle=True, generator=generator,
                         channels_last=self.protocol.channels_last, drop_last=self._drop_last())):
