@@ -229,3 +229,18 @@ def step_moves(model: nn.Module, backward_kwargs: dict, x: torch.Tensor, labels:
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None), what
     opt.step()
     assert all(not torch.equal(b, p) for b, p in zip(before, watched)), what
+
+
+def graddrop_leak_one_equals_ew(model: nn.Module, reference: nn.Module, x: torch.Tensor, labels: torch.Tensor,
+                                targets: torch.Tensor) -> None:
+    """GradDrop with leak 1 keeps every representation gradient: ``model`` (GradDrop, rep_grad) must then give the
+    gradients of ``reference`` (the same weights under EW), up to float32 round-off from a different summation order
+    (a backward pass per task into the trunk instead of one). Call after seeding the RNG before ``model(x)``."""
+    out = model(x)
+    model.zero_grad(set_to_none=True)
+    model.backward(arch_losses(out, labels, targets), leak=1.0)
+    reference.zero_grad(set_to_none=True)
+    torch.manual_seed(5)
+    reference.backward(arch_losses(reference(x), labels, targets))
+    for (name, p), q in zip(model.named_parameters(), reference.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-5 * float(q.grad.abs().max()), msg=name)
