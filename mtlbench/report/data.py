@@ -301,7 +301,7 @@ SPREADS = (("val_accuracy_spread", "val. accuracy spread"), ("val_mape_spread", 
 
 def aggregate_ablation(results: Results, specs: list[MetricSpec], selection: str = "best") -> pd.DataFrame:
     """One row per run (FastCAR, or a grid cell) and setting of a spec's [ablation]: the spec's own setting first
-    (``setting`` "spec"), then each change; test metrics and the stability measure as mean, sample std and n over
+    (``setting`` "spec"), then each change by name; test metrics and the stability measure as mean, sample std and n over
     seeds, and how many runs were unstable. Empty without ablation runs."""
     if results.ablation.empty:
         return pd.DataFrame()
@@ -318,7 +318,8 @@ def aggregate_ablation(results: Results, specs: list[MetricSpec], selection: str
             row[f"{col}_mean"], row[f"{col}_std"], row[f"{col}_n"] = _stats(ok[col] if col in ok else pd.Series())
         rows.append(row)
     out = pd.DataFrame(rows)
-    settings = {s: i for i, s in enumerate(dict.fromkeys(["spec", *results.ablation["setting"]]))}
+    # the spec's own setting first, then the changes by name: the same order however the runs were recorded
+    settings = {s: i for i, s in enumerate(["spec", *sorted(set(results.ablation["setting"]))])}
     runs = {r: i for i, r in enumerate(dict.fromkeys(sorted(out["run"], key=lambda r: r != cell_name(None))))}
     return out.sort_values(["run", "setting"], key=lambda c: c.map(settings if c.name == "setting" else runs),
                            kind="stable").reset_index(drop=True)
