@@ -119,6 +119,13 @@ def fastcar(
     seeds: str = typer.Option("0", "--seeds", "--seed", help="random seed(s), e.g. 0 or 0,1,2: one run per seed"),
     gap: float = typer.Option(50.0, help="hardness units between consecutive shifted class ranges"),
     max_attempts: int = typer.Option(5, help="one-epoch-test attempts before continuing with the best"),
+    preset: str = typer.Option("paper", help="paper (the paper's settings) or steady (BatchNorm statistics "
+                                             "re-estimated on 16 training batches before each evaluation)"),
+    label_scale: Optional[str] = typer.Option(None, help="hybrid labels in hardness units (raw, the paper's) or "
+                                                         "in [-1, 1] (unit); overrides the preset"),
+    bn_reestimate_batches: Optional[int] = typer.Option(
+        None, help="re-estimate BatchNorm statistics on N training batches before each evaluation (0: as trained, "
+                   "the paper's); overrides the preset"),
     pretrained: bool = typer.Option(False, help="start from torchvision's ImageNet weights (local torch cache)"),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N"),
     max_steps: Optional[int] = typer.Option(None, help="cap on training steps per epoch (quick runs)"),
@@ -136,17 +143,24 @@ def fastcar(
     """Run FastCAR: label transformation, one-epoch test, single-task ResNet-18 regressor, inverse transform.
 
     Through the sweep driver: a finished run is skipped, an interrupted one resumes from its checkpoint."""
-    from mtlbench.config import FastCARSettings, TrainingProtocol
+    from mtlbench.config import FASTCAR_PRESETS, FastCARSettings, TrainingProtocol
     from mtlbench.sweep.runner import run_sweep
     from mtlbench.sweep.spec import SweepSpec
     from mtlbench.ui import RichSweepUI, result_table
 
+    if preset not in FASTCAR_PRESETS:
+        raise ConfigError(f"--preset: unknown preset {preset!r}; allowed: {', '.join(FASTCAR_PRESETS)}")
+    preset_protocol, preset_fastcar = (dict(d) for d in FASTCAR_PRESETS[preset])
+    if bn_reestimate_batches is not None:
+        preset_protocol["bn_reestimate_batches"] = bn_reestimate_batches
+    if label_scale is not None:
+        preset_fastcar["label_scale"] = label_scale
     protocol = TrainingProtocol(epochs=epochs, batch_size=batch_size, img_size=img_size, pretrained=pretrained,
                         device=device, max_steps_per_epoch=max_steps, amp=amp, channels_last=channels_last,
-                        compile=compile, checkpoint_every=checkpoint_every)
+                        compile=compile, checkpoint_every=checkpoint_every, **preset_protocol)
     spec = SweepSpec(name="fastcar", data={"source": data, **({"allow_overlap": True} if allow_overlap else {})},
                      protocol=protocol, architectures=(), weightings=(), decoders=(), seeds=_seeds(seeds),
-                     fastcar=FastCARSettings(gap=gap, max_attempts=max_attempts))
+                     fastcar=FastCARSettings(gap=gap, max_attempts=max_attempts, **preset_fastcar))
     if pretrained:
         from mtlbench.models.encoder import load_imagenet_state
         load_imagenet_state()   # fail now, with the clear message, not after decoding the data

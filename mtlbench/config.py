@@ -87,6 +87,15 @@ class FastCARSettings:
                               f"{self.label_scale!r}")
 
 
+#: Named FastCAR settings for ``mtlbench fastcar --preset``: the paper's, and "steady", which re-estimates BatchNorm's
+#: running statistics before each evaluation (the factor that settled the epoch-to-epoch swings in the
+#: fastcar-ablation-cpu ablation; docs/fastcar-ablation-cpu). Values: (protocol fields, fastcar fields).
+FASTCAR_PRESETS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
+    "paper": ({}, {}),
+    "steady": ({"bn_reestimate_batches": 16}, {}),
+}
+
+
 def shown_architecture(architecture: str, variant: str | None) -> str:
     """An architecture with its [arch_sweep] variant: ``MTAL[rho=0.4]`` (the plain name without one)."""
     return f"{architecture}[{variant}]" if variant else architecture

@@ -105,6 +105,25 @@ def test_fastcar_cli_end_to_end_writes_all_tables(tmp_path, tiny_data, cache_dir
     assert (out / "cells" / r.run_id / "runs.parquet").exists()
 
 
+def test_fastcar_presets_and_their_overrides(tmp_path, tiny_data, cache_dir):
+    """--preset steady re-estimates BatchNorm statistics before each evaluation; an explicit option overrides a
+    preset; the paper's preset is the default and its runs keep their ids; an unknown preset is one line."""
+    out = tmp_path / "res"
+    common = ("--data", str(tiny_data), "--epochs", "2", "--img-size", "32", "--batch-size", "8", "--max-steps", "2",
+              "--max-attempts", "1", "--out", str(out))
+    for extra in (("--preset", "steady", "--label-scale", "unit"), ("--preset", "steady", "--bn-reestimate-batches",
+                                                                    "0"), ()):
+        proc = run_cli("fastcar", *common, *extra, cache=cache_dir)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    runs = pd.read_parquet(out / "runs.parquet")
+    cfgs = [json.loads(c) for c in runs.config_json]
+    settings = sorted((c["protocol"]["bn_reestimate_batches"], c["fastcar"]["label_scale"]) for c in cfgs)
+    # the explicit 0 gives the paper's run: the default invocation found it finished and did not run it again
+    assert settings == [(0, "raw"), (16, "unit")] and "already finished" in proc.stdout
+    bad = run_cli("fastcar", *common, "--preset", "fast", cache=cache_dir)
+    assert bad.returncode != 0 and "--preset: unknown preset 'fast'; allowed: paper, steady" in bad.stderr
+
+
 def test_fastcar_seeds_give_one_run_each_and_the_report_aggregates_them(tmp_path, tiny_data, cache_dir):
     from mtlbench.report.render import render_report
 
