@@ -114,6 +114,7 @@ def test_the_ablation_table_is_mean_and_std_over_seeds_per_setting(ablated):
         assert row.n_ok == len(group) == 2
         assert row.accuracy_mean == pytest.approx(group.best_accuracy.mean())
         assert row.accuracy_std == pytest.approx(group.best_accuracy.std())
+        assert (row.mape_min, row.mape_max) == pytest.approx((group.best_mape.min(), group.best_mape.max()))
         assert row.val_accuracy_spread_mean == pytest.approx(group.val_accuracy_spread.mean())
         assert row.val_mape_spread_std == pytest.approx(group.val_mape_spread.std())
 

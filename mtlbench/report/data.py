@@ -314,6 +314,10 @@ def aggregate_ablation(results: Results, specs: list[MetricSpec], selection: str
     for (run, setting), group in both.groupby(["run", "setting"], sort=False):
         row = {"run": run, "setting": setting, **_summarise(group, specs, selection)}
         ok = group[group["status"] == "ok"]
+        for spec in specs:   # the range over seeds beside the mean and std
+            col = spec.source(selection)
+            values = pd.to_numeric(ok[col], errors="coerce") * spec.scale if col in ok else pd.Series(dtype=float)
+            row[f"{spec.name}_min"], row[f"{spec.name}_max"] = values.min(), values.max()
         for col, _ in SPREADS:
             row[f"{col}_mean"], row[f"{col}_std"], row[f"{col}_n"] = _stats(ok[col] if col in ok else pd.Series())
         rows.append(row)

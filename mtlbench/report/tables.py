@@ -145,6 +145,8 @@ def ablation_view(ablation: pd.DataFrame, specs: list[MetricSpec]) -> pd.DataFra
         row = {"run": r["run"], "setting": r["setting"], "seeds ok": f"{r['n_ok']}/{r['n_runs']}"}
         for spec in shown:
             row[spec.cbar] = _pm(spec, r[f"{spec.name}_mean"], r[f"{spec.name}_std"])
+            if r[f"{spec.name}_n"] > 1:
+                row[spec.cbar] += f" ({spec.format(r[f'{spec.name}_min'])}-{spec.format(r[f'{spec.name}_max'])})"
         for col, label in SPREADS:
             mean, std = r[f"{col}_mean"], r[f"{col}_std"]
             row[f"{label} (points)"] = "-" if not np.isfinite(mean) else \
@@ -159,8 +161,8 @@ def ablation_markdown(view: pd.DataFrame, selection: str) -> list[str]:
     if view.empty:
         return []
     return ["## Ablation: one factor at a time from the spec's setting", "", markdown_table(view, index=False), "",
-            f"Test metrics at the {selection} validation epoch and the spread (max - min) of validation accuracy and "
-            "MAPE over each run's last epochs, mean ± sample std over seeds; unstable: runs whose spread exceeds "
+            f"Test metrics at the {selection} validation epoch, mean ± sample std (min-max) over seeds, and the spread "
+            "(max - min) of validation accuracy and MAPE over each run's last epochs, mean ± sample std over seeds; unstable: runs whose spread exceeds "
             "the threshold (mtlbench.stability). \"spec\" is the spec's own setting.", ""]
 
 
