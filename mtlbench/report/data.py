@@ -271,6 +271,9 @@ def _summarise(group: pd.DataFrame, specs: list[MetricSpec], selection: str) -> 
         values = ok[col] * spec.scale if col in ok else pd.Series(dtype=float)
         mean, std, n = _stats(values)
         row[f"{spec.name}_mean"], row[f"{spec.name}_std"], row[f"{spec.name}_n"] = mean, std, n
+        finite = pd.to_numeric(values, errors="coerce").astype(float)
+        finite = finite[np.isfinite(finite)]   # the range over seeds, of the values the mean is taken over
+        row[f"{spec.name}_min"], row[f"{spec.name}_max"] = finite.min(), finite.max()
     return row
 
 
@@ -314,10 +317,6 @@ def aggregate_ablation(results: Results, specs: list[MetricSpec], selection: str
     for (run, setting), group in both.groupby(["run", "setting"], sort=False):
         row = {"run": run, "setting": setting, **_summarise(group, specs, selection)}
         ok = group[group["status"] == "ok"]
-        for spec in specs:   # the range over seeds beside the mean and std
-            col = spec.source(selection)
-            values = pd.to_numeric(ok[col], errors="coerce") * spec.scale if col in ok else pd.Series(dtype=float)
-            row[f"{spec.name}_min"], row[f"{spec.name}_max"] = values.min(), values.max()
         for col, _ in SPREADS:
             row[f"{col}_mean"], row[f"{col}_std"], row[f"{col}_n"] = _stats(ok[col] if col in ok else pd.Series())
         rows.append(row)

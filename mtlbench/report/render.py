@@ -280,10 +280,11 @@ def render_report(results: list[Path] | Path | str, out: Path | str | None = Non
     # -- summary and tables ----------------------------------------------------------------------------------------
     summary = build_summary(cells, fastcar, specs, axes)
     ablation = aggregate_ablation(data, all_specs, selection)
+    ablation_shown = ablation_view(ablation, all_specs) if not ablation.empty else pd.DataFrame()
     title = "mtlbench report: MTL grid vs FastCAR"
     if "md" in formats:
         path = out_dir / "summary.md"
-        extra = ablation_markdown(ablation_view(ablation, all_specs), selection) if not ablation.empty else []
+        extra = ablation_markdown(ablation_shown, selection)
         path.write_text(summary_markdown(summary, axes, title=title, notes=missing, findings=found, extra=extra))
         files.append(path)
     if "csv" in formats and not ablation.empty:
@@ -301,9 +302,8 @@ def render_report(results: list[Path] | Path | str, out: Path | str | None = Non
             files.append(path)
     if "html" in formats:
         path = out_dir / "report.html"
-        view = ablation_view(ablation, all_specs) if not ablation.empty else pd.DataFrame()
         path.write_text(_html(title, data, axes, summary, cells, per_cell, fastcar, missing, blocks, skipped, specs,
-                              selection, found, view), encoding="utf-8")
+                              selection, found, ablation_shown), encoding="utf-8")
         files.append(path)
     return ReportResult(out_dir=out_dir, files=files, summary=summary, missing=missing, heatmaps=heatmaps,
                         color_limits=limits, cells=cells, fastcar=fastcar, skipped=skipped)

@@ -162,8 +162,9 @@ def ablation_markdown(view: pd.DataFrame, selection: str) -> list[str]:
         return []
     return ["## Ablation: one factor at a time from the spec's setting", "", markdown_table(view, index=False), "",
             f"Test metrics at the {selection} validation epoch, mean ± sample std (min-max) over seeds, and the spread "
-            "(max - min) of validation accuracy and MAPE over each run's last epochs, mean ± sample std over seeds; unstable: runs whose spread exceeds "
-            "the threshold (mtlbench.stability). \"spec\" is the spec's own setting.", ""]
+            "(max - min) of validation accuracy and MAPE over each run's last epochs, mean ± sample std over seeds; "
+            "unstable: runs whose spread exceeds the threshold (mtlbench.stability). \"spec\" is the spec's own "
+            "setting.", ""]
 
 
 def summary_markdown(summary: pd.DataFrame, axes: Axes, *, title: str, notes: list[str],
