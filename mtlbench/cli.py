@@ -146,7 +146,7 @@ def fastcar(
     from mtlbench.config import FASTCAR_PRESETS, FastCARSettings, TrainingProtocol
     from mtlbench.sweep.runner import run_sweep
     from mtlbench.sweep.spec import SweepSpec
-    from mtlbench.ui import RichSweepUI, result_table
+    from mtlbench.ui import RichSweepUI, result_table, seed_summary
 
     if preset not in FASTCAR_PRESETS:
         raise ConfigError(f"--preset: unknown preset {preset!r}; allowed: {', '.join(FASTCAR_PRESETS)}")
@@ -169,6 +169,9 @@ def fastcar(
     rows = [r.row for r in outcome.results]
     if rows:
         console.print(result_table(rows, "FastCAR: test metrics at the best validation epoch"))
+        if (line := seed_summary(rows)) is not None:
+            console.print(line + " (mean ± sample std [min-max], test metrics at the best validation epoch)",
+                          highlight=False)
     for cell in outcome.plan.done:
         console.print(f"seed {cell.config.seed}: already finished (run {cell.run_id}); --force runs it again")
     console.print(f"records in [bold]{out}[/]")

@@ -47,6 +47,24 @@ def result_table(rows: list[dict], title: str) -> Table:
     return table
 
 
+def seed_summary(rows: list[dict]) -> str | None:
+    """"over 3 seeds: accuracy 84.90 ± 5.20 [78.10-90.30] %, MAPE ..." for the runs that finished ok, mean ± sample
+    std [min-max]; None with fewer than two."""
+    ok = [r for r in rows if r.get("status") == "ok"]
+    if len(ok) < 2:
+        return None
+    parts = []
+    for key, label, unit in (("best_accuracy", "accuracy", " %"), ("best_mape", "MAPE", " %"),
+                             ("total_s", "time", " s")):
+        values = [float(r[key]) for r in ok if r.get(key) is not None and math.isfinite(float(r[key]))]
+        if len(values) < 2:
+            continue
+        mean = sum(values) / len(values)
+        std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+        parts.append(f"{label} {mean:.2f} ± {std:.2f} [{min(values):.2f}-{max(values):.2f}]{unit}")
+    return f"over {len(ok)} seeds: " + ", ".join(parts) if parts else None
+
+
 class RichSweepUI(SweepUI):
     """Overall bar with ETA and counts of ok / failed / diverged, and one epoch bar per running cell (several at
     once under the local and Ray executors) with its latest validation metrics."""
@@ -73,7 +91,8 @@ class RichSweepUI(SweepUI):
         return text + (f" [dim]n/a {c['not_applicable']}[/]" if c["not_applicable"] else "")
 
     def cell_start(self, cfg: RunConfig) -> None:
-        self.cells[cfg.label] = self.bars.add_task(escape(cfg.label[:48]), total=self.epochs, info="")
+        # a run's own epochs: FastCAR may train longer than the grid ([fastcar.protocol])
+        self.cells[cfg.label] = self.bars.add_task(escape(cfg.label[:48]), total=cfg.protocol.epochs, info="")
 
     def progress(self, event: str, info: dict[str, Any]) -> None:  # type: ignore[override]
         bar = self.cells.get(info.get("cell", ""))
@@ -82,7 +101,7 @@ class RichSweepUI(SweepUI):
             self.bars.console.print(f"label search attempt {info['attempt']}: gap {info['gap']:.2f}, mean |grad| "
                                     f"{info['mean_grad']:.4f} -> {verdict} ({info['seconds']:.1f} s)")
         elif event == "epoch" and bar is not None:
-            self.bars.update(bar, completed=min(info["epoch"], self.epochs), info=(
+            self.bars.update(bar, completed=info["epoch"], info=(
                 f"loss {info['train_loss']:.4g}  val acc {info['val_accuracy']:.1f}%  MAPE {info['val_mape']:.1f}%"))
 
     def cell_done(self, result: CellResult) -> None:

@@ -20,7 +20,7 @@ def synthetic(tmp_path_factory) -> Path:
 
 def test_default_is_generated_once_into_the_cache(tmp_path: Path):
     table = resolve_dataset("default", cache_dir=tmp_path)
-    folder = tmp_path / "datasets" / "default-synthetic-v1"
+    folder = tmp_path / "datasets" / "default-synthetic-v2"
     assert (folder / "trainset.xlsx").is_file()
     assert [len(table.split(s)) for s in ("train", "valid", "test")] == [240, 48, 48]
     assert table.num_classes == 6 and table.name == "synthetic-64px-seed0"
@@ -28,7 +28,7 @@ def test_default_is_generated_once_into_the_cache(tmp_path: Path):
     again = resolve_dataset("default", cache_dir=tmp_path)
     assert (folder / "trainset.xlsx").stat().st_mtime_ns == stamp
     assert again.fingerprint() == table.fingerprint()
-    assert sorted(p.name for p in (tmp_path / "datasets").iterdir()) == ["default-synthetic-v1"]
+    assert sorted(p.name for p in (tmp_path / "datasets").iterdir()) == ["default-synthetic-v2"]
 
 
 def test_steel_missing_tells_to_fetch(tmp_path: Path):

@@ -138,3 +138,9 @@ def test_fastcar_seeds_give_one_run_each_and_the_report_aggregates_them(tmp_path
     for metric, column in (("accuracy", "best_accuracy"), ("mape", "best_mape")):
         assert fastcar[f"{metric}_mean"] == pytest.approx(runs[column].mean(), rel=1e-12)
         assert fastcar[f"{metric}_std"] == pytest.approx(runs[column].std(), rel=1e-12)
+        assert (fastcar[f"{metric}_min"], fastcar[f"{metric}_max"]) == pytest.approx(
+            (runs[column].min(), runs[column].max()), rel=1e-12)
+    # the terminal's line over the seeds: the same mean, std and range
+    acc = runs["best_accuracy"]
+    assert (f"over 3 seeds: accuracy {acc.mean():.2f} ± {acc.std():.2f} [{acc.min():.2f}-{acc.max():.2f}] %"
+            in " ".join(proc.stdout.split()))

@@ -91,12 +91,12 @@ def test_verdict_rule():
 
 def test_best_cell_per_metric_and_decoder(grid):
     acc1 = _line(grid, "Accuracy (%), decoder1:")
-    assert "best cell MTAN+UW 90.00 ± 1.00 (3 seeds)" in acc1
-    assert "runner-up MTAN+EW 85.00 ± 1.00 (3 seeds)" in acc1
+    assert "best cell MTAN+UW 90.00 ± 1.00 [89.00-91.00] (3 seeds)" in acc1
+    assert "runner-up MTAN+EW 85.00 ± 1.00 [84.00-86.00] (3 seeds)" in acc1
     mape1 = _line(grid, "MAPE (%), decoder1:")
-    assert "best cell HPS+EW 10.0 ± 1.0 (3 seeds)" in mape1     # lower is better
+    assert "best cell HPS+EW 10.0 ± 1.0 [9.0-11.0] (3 seeds)" in mape1     # lower is better
     mape2 = _line(grid, "MAPE (%), decoder2:")
-    assert "best cell MTAN+UW 12.0 ± 2.0 (3 seeds)" in mape2
+    assert "best cell MTAN+UW 12.0 ± 2.0 [10.0-14.0] (3 seeds)" in mape2
     assert "fastest cell" in _line(grid, "Run time (minutes), decoder1:")
     assert _line(grid, "MSE (x1000), decoder1:").count("HPS+EW 10.0") == 1
 
@@ -113,7 +113,7 @@ def test_axes_leaders(grid):
     # accuracy over weightings and decoders: HPS 73.0, MTAN 73.5, each ± 1.5 over seeds -> a tie
     arch = _line(grid, "Architectures on average, Accuracy (%)")
     assert "MTAN and HPS tie" in arch
-    assert "MTAN 73.50 ± 1.50 (3 seeds), runner-up HPS 73.00 ± 1.50 (3 seeds)" in arch
+    assert "MTAN 73.50 ± 1.50 [72.00-75.00] (3 seeds), runner-up HPS 73.00 ± 1.50 [71.50-74.50] (3 seeds)" in arch
     assert "within the seed spread 3.00: a tie" in arch
     # EW 76.0 vs UW 70.5, each ± 1.5 -> EW leads by 5.5 > 3
     w = _line(grid, "Weightings on average, Accuracy (%)")
@@ -122,12 +122,12 @@ def test_axes_leaders(grid):
 
 def test_fastcar_against_best_mtl_cell(grid):
     acc = _line(grid, "FastCAR vs the best MTL cell (MTAN+UW/decoder1), Accuracy (%)")
-    assert "FastCAR 95.00 ± 1.00 (3 seeds) vs 90.00 ± 1.00 (3 seeds)" in acc
+    assert "FastCAR 95.00 ± 1.00 [94.00-96.00] (3 seeds) vs 90.00 ± 1.00 [89.00-91.00] (3 seeds)" in acc
     assert "FastCAR leads" in acc and "gap 5.00, beyond the seed spread 2.00: a lead" in acc
     mape = _line(grid, "FastCAR vs the best MTL cell (HPS+EW/decoder1), MAPE (%)")
-    assert "FastCAR 3.0 ± 0.5 (3 seeds) vs 10.0 ± 1.0 (3 seeds)" in mape and "gap 7.0" in mape
+    assert "FastCAR 3.0 ± 0.5 [2.5-3.5] (3 seeds) vs 10.0 ± 1.0 [9.0-11.0] (3 seeds)" in mape and "gap 7.0" in mape
     time = _line(grid, "FastCAR vs the most accurate MTL cell (MTAN+UW/decoder1), Run time (minutes)")
-    assert "FastCAR 5.00 ± 0.50 (3 seeds) vs 10.00 ± 1.00 (3 seeds)" in time
+    assert "FastCAR 5.00 ± 0.50 [4.50-5.50] (3 seeds) vs 10.00 ± 1.00 [9.00-11.00] (3 seeds)" in time
     assert "faster" in time and "gap 5.00, beyond the seed spread 1.50: a lead" in time
 
 

@@ -213,6 +213,31 @@ def test_summary_best_cells(grid):
     md = (res.out_dir / "summary.md").read_text()
     assert "FastCAR" in md and "MTL decoder1" in md and "98.45" in md
     assert pd.read_csv(res.out_dir / "summary.csv")["family"].isin(["MTL decoder1", "MTL decoder2", "FastCAR"]).all()
+
+
+def test_summary_and_cells_give_the_range_over_seeds(grid):
+    """Table 1's entries, summary.csv and cells.csv carry min-max over seeds beside mean ± std."""
+    root, res = grid
+    runs = pd.read_parquet(root / "runs.parquet")
+    ok = runs[(runs["status"] == "ok")]
+    s = res.summary
+    for dec in DECODERS:
+        row = s[(s["family"] == f"MTL {dec}") & (s["metric"] == "accuracy")].iloc[0]
+        seeds = ok[(ok["kind"] == "mtl") & (ok["architecture"] == row["architecture"])
+                   & (ok["weighting"] == row["weighting"]) & (ok["decoder"] == dec)]["best_accuracy"]
+        assert (row["min"], row["max"]) == pytest.approx((seeds.min(), seeds.max()))
+        if len(seeds) > 1:
+            assert row["text"] == (f"{row['value']:.2f} ± {seeds.std():.2f} [{seeds.min():.2f}-{seeds.max():.2f}] "
+                                   f"({row['cell']})")
+    fc = s[(s["family"] == "FastCAR") & (s["metric"] == "mape")].iloc[0]
+    fc_runs = ok[ok["kind"] == "fastcar"]["best_mape"]
+    assert (fc["min"], fc["max"]) == pytest.approx((fc_runs.min(), fc_runs.max()))
+    csv = pd.read_csv(res.out_dir / "cells.csv")
+    got = csv.set_index(["architecture", "weighting", "decoder"])
+    want = ok[ok["kind"] == "mtl"].groupby(["architecture", "weighting", "decoder"])["best_accuracy"]
+    for key, lo in want.min().items():
+        assert got.loc[key, "Accuracy (%) min"] == pytest.approx(lo)
+        assert got.loc[key, "Accuracy (%) max"] == pytest.approx(want.max()[key])
     assert summary_rich_table(s).row_count == s["row"].nunique()
 
 

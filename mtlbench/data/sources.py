@@ -18,7 +18,7 @@ from .table import SPLITS, TABLE_SUFFIXES, ImageTable, read_table
 
 DEFAULT_SPEC = "default"
 STEEL_SPEC = "steel"
-DEFAULT_FOLDER = "default-synthetic-v1"
+DEFAULT_FOLDER = "default-synthetic-v2"   # v2: classes differ in level and tint too
 DEFAULT_NAME = "synthetic-64px-seed0"
 DEFAULT_OPTIONS = {"per_class": (40, 8, 8), "image_size": 64, "seed": 0, "num_classes": 6}
 STEEL_FOLDER = "advanced-steel-property"

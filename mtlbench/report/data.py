@@ -278,11 +278,12 @@ def _summarise(group: pd.DataFrame, specs: list[MetricSpec], selection: str) -> 
 
 
 def aggregate_cells(runs: pd.DataFrame, specs: list[MetricSpec], selection: str = "best") -> pd.DataFrame:
-    """One row per grid cell: status, seed counts and per metric ``<m>_mean``, ``<m>_std``, ``<m>_n``."""
+    """One row per grid cell: status, seed counts and per metric ``<m>_mean``, ``<m>_std``, ``<m>_n``, ``<m>_min``,
+    ``<m>_max`` (over the seeds that finished ok)."""
     mtl = runs[runs["kind"] == "mtl"]
     cols = [*CELL_KEY, "status", "n_runs", "n_ok", "n_failed", "n_diverged", "n_unstable", "seeds", "message",
             "run_ids"] + \
-        [f"{s.name}_{k}" for s in specs for k in ("mean", "std", "n")]
+        [f"{s.name}_{k}" for s in specs for k in ("mean", "std", "n", "min", "max")]
     if mtl.empty:
         return pd.DataFrame(columns=cols)
     rows = []

@@ -1,20 +1,21 @@
 """The report's findings: a few sentences computed from the results, each with its numbers and seed spread.
 
-Every value is a mean ± sample std over the seeds that finished ok (``n`` seeds), in display units
-(:data:`~mtlbench.report.data.METRIC_SPECS`).
+Every value is a mean ± sample std and the range (min-max) over the seeds that finished ok (``n`` seeds), in display
+units (:data:`~mtlbench.report.data.METRIC_SPECS`).
 
 **The rule** (:func:`verdict`), used for every comparison below: two values *a* and *b* differ - one *leads* -
 only when ``|mean_a - mean_b| > std_a + std_b``; otherwise they *tie*. When either side has a single seed its
 spread is unknown, none is invented, and the comparison reads "one seed: no spread, not a finding".
 
-Findings (in order): the rule and the seeds; the best cell per metric and decoder against its runner-up; FastCAR
-against the best MTL cell on accuracy, MAPE and run time; the effect of target scaling paired over the cells that
+Findings (in order): the rule and the seeds; the best cell per metric and decoder against its runner-up; where
+FastCAR trained for another length than the grid, that it did; FastCAR against the best MTL cell on accuracy, MAPE and run time; the effect of target scaling paired over the cells that
 ran with both scalings (else "not shown" and why); which architectures and weightings lead on average; what is
 missing or failed.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -34,11 +35,13 @@ FASTCAR_METRICS = ("accuracy", "mape", "time")
 
 @dataclass(frozen=True)
 class Stat:
-    """A mean over seeds with its sample std (NaN with one seed) and the number of seeds."""
+    """A mean over seeds with its sample std (NaN with one seed), the number of seeds and their range."""
 
     mean: float
     std: float
     n: int
+    lo: float = float("nan")
+    hi: float = float("nan")
 
     @property
     def ok(self) -> bool:
@@ -59,7 +62,8 @@ def _fmt(spec: MetricSpec, s: Stat) -> str:
     seeds = f"{s.n} seed{'s' if s.n != 1 else ''}"
     if s.n < 2 or not np.isfinite(s.std):
         return f"{spec.format(s.mean)} ({seeds}, spread unknown)"
-    return f"{spec.format(s.mean)} ± {spec.format_std(s.std)} ({seeds})"
+    spread = f" [{spec.format(s.lo)}-{spec.format(s.hi)}]" if np.isfinite(s.lo) and np.isfinite(s.hi) else ""
+    return f"{spec.format(s.mean)} ± {spec.format_std(s.std)}{spread} ({seeds})"
 
 
 def _judge(spec: MetricSpec, a: Stat, b: Stat) -> str:
@@ -74,7 +78,8 @@ def _judge(spec: MetricSpec, a: Stat, b: Stat) -> str:
 
 
 def _cell_stat(row: pd.Series | dict[str, Any], spec: MetricSpec) -> Stat:
-    return Stat(float(row[f"{spec.name}_mean"]), float(row[f"{spec.name}_std"]), int(row[f"{spec.name}_n"]))
+    return Stat(float(row[f"{spec.name}_mean"]), float(row[f"{spec.name}_std"]), int(row[f"{spec.name}_n"]),
+                float(row.get(f"{spec.name}_min", np.nan)), float(row.get(f"{spec.name}_max", np.nan)))
 
 
 def _ranked(cells: pd.DataFrame, spec: MetricSpec) -> pd.DataFrame:
@@ -107,7 +112,7 @@ def _seeds_line(runs: pd.DataFrame, selection: str) -> str:
     per_run = ok.groupby(["kind", *CELL_KEY], dropna=False)["seed"].nunique() if len(ok) else pd.Series(dtype=int)
     rule = ("a difference counts (a lead) only when it exceeds the sum of the two seed spreads "
             "(|mean_a - mean_b| > std_a + std_b); otherwise it is a tie")
-    head = f"Test metrics at the {selection} validation epoch, mean ± sample std over seeds; {rule}."
+    head = f"Test metrics at the {selection} validation epoch, mean ± sample std [min-max] over seeds; {rule}."
     if not seeds:
         return head + " No run finished ok, so there is nothing to compare."
     if len(per_run) == 0 or int(per_run.max()) < 2:
@@ -145,6 +150,34 @@ def _best_lines(cells: pd.DataFrame, specs: list[MetricSpec], several_scalings: 
                     line += f" ({tied} of the {len(ranked) - 1} other cells tie with it)"
             out.append(line + ".")
     return out
+
+
+def _training_length(runs: pd.DataFrame) -> list[str]:
+    """The distinct training lengths of some runs, e.g. ["20 epochs", "1 epoch of at most 6 steps"]."""
+    out = []
+    for epochs, text in zip(runs["epochs"], runs["config_json"] if "config_json" in runs else [None] * len(runs)):
+        try:
+            cap = json.loads(text)["protocol"].get("max_steps_per_epoch") if isinstance(text, str) else None
+        except (ValueError, KeyError, TypeError):
+            cap = None
+        n = int(epochs)
+        out.append(f"{n} epoch{'s' if n != 1 else ''}" + (f" of at most {int(cap)} steps" if cap else ""))
+    return list(dict.fromkeys(out))
+
+
+def _budget_line(runs: pd.DataFrame) -> list[str]:
+    """A line when FastCAR trained for another length than the grid ([fastcar.protocol]): its figures are then
+    not like for like with the cells'."""
+    ok = runs[(runs["status"] == "ok") & runs["epochs"].notna()]
+    fc, mtl = ok[ok["kind"] == "fastcar"], ok[ok["kind"] == "mtl"]
+    if fc.empty or mtl.empty:
+        return []
+    fc_len, mtl_len = _training_length(fc), _training_length(mtl)
+    if fc_len == mtl_len:
+        return []
+    return [f"Training length: FastCAR trained {' / '.join(fc_len)}, the MTL cells {' / '.join(mtl_len)} (the spec's "
+            "[fastcar.protocol]), so FastCAR's figures below are not like for like with the cells', and its run time "
+            "includes its longer training."]
 
 
 def _fastcar_lines(cells: pd.DataFrame, fastcar: dict[str, Any] | None, several_scalings: bool) -> list[str]:
@@ -188,7 +221,8 @@ def _fastcar_lines(cells: pd.DataFrame, fastcar: dict[str, Any] | None, several_
 def _side(pair: pd.Series, spec: MetricSpec, end: str) -> Stat:
     """One scaling's Stat from a row of two merged cells (columns suffixed ``_a`` / ``_b``)."""
     return Stat(float(pair[f"{spec.name}_mean{end}"]), float(pair[f"{spec.name}_std{end}"]),
-                int(pair[f"{spec.name}_n{end}"]))
+                int(pair[f"{spec.name}_n{end}"]), float(pair.get(f"{spec.name}_min{end}", np.nan)),
+                float(pair.get(f"{spec.name}_max{end}", np.nan)))
 
 
 def _scaling_lines(cells: pd.DataFrame, specs: list[MetricSpec]) -> list[str]:
@@ -252,7 +286,10 @@ def _factor_stats(ok: pd.DataFrame, factor: str, spec: MetricSpec, selection: st
         return {}, 0, f"no combination of the other axes where every {factor} finished ok"
     df = df.merge(blocks, on=others)
     per_seed = df.groupby([factor, "seed"])["v"].mean().reset_index()
-    stats = {lv: Stat(*_stats(per_seed.loc[per_seed[factor] == lv, "v"])) for lv in levels}
+    stats = {}
+    for lv in levels:
+        v = per_seed.loc[per_seed[factor] == lv, "v"]
+        stats[lv] = Stat(*_stats(v), float(v.min()), float(v.max()))
     return stats, len(blocks), ""
 
 
@@ -336,7 +373,7 @@ def findings(runs: pd.DataFrame, specs: Iterable[MetricSpec], selection: str = "
     out = [_seeds_line(runs, selection)]
     if not cells.empty:
         out += _best_lines(cells, specs, several)
-    out += _fastcar_lines(cells, fastcar, several)
+    out += _budget_line(runs) + _fastcar_lines(cells, fastcar, several)
     if not cells.empty:
         out += _scaling_lines(cells, specs)
         out += _leader_lines(runs, selection)

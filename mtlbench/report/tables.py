@@ -10,9 +10,10 @@ family      "MTL decoder1", "MTL decoder2", ..., "FastCAR"
 decoder     the decoder (None for FastCAR)
 value, std  display units; for best-type metrics the winning cell's mean and std over seeds; for run time
             the family mean and std over its cells (each cell = its mean over seeds)
+min, max    best-type metrics: the range of the winning cell's (or FastCAR's) values over seeds
 n           seeds behind the value (best-type) or cells (run time of a family)
 cell        the winning cell "architecture+weighting" (for run time: the fastest cell)
-text        the formatted entry, e.g. "99.85 ± 0.10 (MTAN+IMTL)"
+text        the formatted entry, e.g. "99.85 ± 0.10 [99.70-99.95] (MTAN+IMTL)"
 ==========  =========================================================================================
 """
 
@@ -27,8 +28,8 @@ from rich.table import Table
 from mtlbench.config import cell_name
 from mtlbench.report.data import SPREADS, Axes, MetricSpec
 
-SUMMARY_COLUMNS = ["scaling", "metric", "row", "family", "decoder", "value", "std", "n", "cell", "architecture",
-                   "weighting", "cell_value", "text"]
+SUMMARY_COLUMNS = ["scaling", "metric", "row", "family", "decoder", "value", "std", "min", "max", "n", "cell",
+                   "architecture", "weighting", "cell_value", "text"]
 
 
 def row_label(spec: MetricSpec) -> str:
@@ -38,10 +39,14 @@ def row_label(spec: MetricSpec) -> str:
     return f"{task} {spec.cbar}: {'best' if spec.better == 'max' else 'lowest'}"
 
 
-def _pm(spec: MetricSpec, value: float, std: float) -> str:
+def _pm(spec: MetricSpec, value: float, std: float, lo: float = np.nan, hi: float = np.nan) -> str:
+    """"mean ± std [min-max]": the std and the range only where there are several values."""
     if not np.isfinite(value):
         return "-"
-    return spec.format(value) + (f" ± {spec.format_std(std)}" if np.isfinite(std) else "")
+    if not np.isfinite(std):
+        return spec.format(value)
+    text = f"{spec.format(value)} ± {spec.format_std(std)}"
+    return text + (f" [{spec.format(lo)}-{spec.format(hi)}]" if np.isfinite(lo) and np.isfinite(hi) else "")
 
 
 def best_cell(cells: pd.DataFrame, spec: MetricSpec) -> pd.Series | None:
@@ -87,15 +92,17 @@ def build_summary(cells: pd.DataFrame, fastcar: dict[str, Any] | None, specs: li
                     continue
                 name = cell_name(win["architecture"], win["weighting"])
                 mean, std = float(win[f"{spec.name}_mean"]), float(win[f"{spec.name}_std"])
-                rows.append({**base, "value": mean, "std": std, "n": int(win[f"{spec.name}_n"]), "cell": name,
-                             "architecture": win["architecture"], "weighting": win["weighting"], "cell_value": mean,
-                             "text": f"{_pm(spec, mean, std)} ({name})"})
+                lo, hi = (float(win.get(f"{spec.name}_{k}", np.nan)) for k in ("min", "max"))
+                rows.append({**base, "value": mean, "std": std, "min": lo, "max": hi, "n": int(win[f"{spec.name}_n"]),
+                             "cell": name, "architecture": win["architecture"], "weighting": win["weighting"],
+                             "cell_value": mean, "text": f"{_pm(spec, mean, std, lo, hi)} ({name})"})
     if fastcar is not None:
         for spec in specs:
             mean, std = fastcar.get(f"{spec.name}_mean", np.nan), fastcar.get(f"{spec.name}_std", np.nan)
+            lo, hi = fastcar.get(f"{spec.name}_min", np.nan), fastcar.get(f"{spec.name}_max", np.nan)
             rows.append({"scaling": None, "metric": spec.name, "row": row_label(spec), "family": "FastCAR",
-                         "decoder": None, "value": mean, "std": std, "n": int(fastcar.get(f"{spec.name}_n", 0)),
-                         "text": _pm(spec, mean, std)})
+                         "decoder": None, "value": mean, "std": std, "min": lo, "max": hi,
+                         "n": int(fastcar.get(f"{spec.name}_n", 0)), "text": _pm(spec, mean, std, lo, hi)})
     return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
 
 
@@ -138,15 +145,15 @@ def markdown_table(df: pd.DataFrame, index: bool = True) -> str:
 
 
 def ablation_view(ablation: pd.DataFrame, specs: list[MetricSpec]) -> pd.DataFrame:
-    """The [ablation] table as shown: one row per run and setting, each figure "mean ± std" over its seeds."""
+    """The [ablation] table as shown: one row per run and setting, each figure "mean ± std [min-max]" over its
+    seeds."""
     shown = [s for s in specs if s.name in ("accuracy", "mape")]
     rows = []
     for _, r in ablation.iterrows():
         row = {"run": r["run"], "setting": r["setting"], "seeds ok": f"{r['n_ok']}/{r['n_runs']}"}
         for spec in shown:
-            row[spec.cbar] = _pm(spec, r[f"{spec.name}_mean"], r[f"{spec.name}_std"])
-            if r[f"{spec.name}_n"] > 1:
-                row[spec.cbar] += f" ({spec.format(r[f'{spec.name}_min'])}-{spec.format(r[f'{spec.name}_max'])})"
+            row[spec.cbar] = _pm(spec, r[f"{spec.name}_mean"], r[f"{spec.name}_std"], r[f"{spec.name}_min"],
+                                 r[f"{spec.name}_max"])
         for col, label in SPREADS:
             mean, std = r[f"{col}_mean"], r[f"{col}_std"]
             row[f"{label} (points)"] = "-" if not np.isfinite(mean) else \
@@ -161,7 +168,7 @@ def ablation_markdown(view: pd.DataFrame, selection: str) -> list[str]:
     if view.empty:
         return []
     return ["## Ablation: one factor at a time from the spec's setting", "", markdown_table(view, index=False), "",
-            f"Test metrics at the {selection} validation epoch, mean ± sample std (min-max) over seeds, and the spread "
+            f"Test metrics at the {selection} validation epoch, mean ± sample std [min-max] over seeds, and the spread "
             "(max - min) of validation accuracy and MAPE over each run's last epochs, mean ± sample std over seeds; "
             "unstable: runs whose spread exceeds the threshold (mtlbench.stability). \"spec\" is the spec's own "
             "setting.", ""]
@@ -182,8 +189,8 @@ def summary_markdown(summary: pd.DataFrame, axes: Axes, *, title: str, notes: li
             out += ["## Side by side", "", markdown_table(summary_wide(summary)), ""]
         else:
             out += [markdown_table(summary_wide(summary)), ""]
-    out += ["Best-type rows: the winning cell (architecture+weighting) by mean over seeds, its mean ± std over seeds "
-            "(sample std; none with one seed). Run time: the family's mean ± std over its cells, and the fastest "
+    out += ["Best-type rows: the winning cell (architecture+weighting) by mean over seeds, its mean ± std [min-max] "
+            "over seeds (sample std; neither with one seed). FastCAR: the same over its seeds. Run time: the family's mean ± std over its cells, and the fastest "
             "cell. Test metrics at the best validation epoch. MSE in multiples of 1000.", ""]
     out += extra or []
     if notes:
@@ -199,6 +206,8 @@ def cells_table(cells: pd.DataFrame, specs: list[MetricSpec], several_scalings: 
     for spec in specs:
         out[f"{spec.cbar} mean"] = cells[f"{spec.name}_mean"]
         out[f"{spec.cbar} std"] = cells[f"{spec.name}_std"]
+        out[f"{spec.cbar} min"] = cells[f"{spec.name}_min"]
+        out[f"{spec.cbar} max"] = cells[f"{spec.name}_max"]
     out["message"] = cells["message"]
     return out.reset_index(drop=True)
 

@@ -18,6 +18,8 @@ Example::
     [fastcar]
     enabled = true
     gap = 50.0
+    [fastcar.protocol]         # optional: FastCAR's own training length (epochs, max_steps_per_epoch)
+    epochs = 20
     [ablation.protocol]        # optional: one factor at a time from the settings above, each value its own runs
     lr = [3e-4]
     [ablation.fastcar]
@@ -50,6 +52,8 @@ TOP_KEYS = {"name", "description", "data", "protocol", "axes", "fastcar", "arch_
             "ablation"}
 AXES_KEYS = {"architectures", "weightings", "decoders", "target_scaling", "seeds"}
 DATA_KEYS = {"source", "image_col", "class_col", "target_col", "split_col", "seed", "allow_overlap"}
+#: The protocol keys FastCAR may set for itself ([fastcar.protocol]): how long it trains, nothing else.
+FASTCAR_OWN_PROTOCOL = ("epochs", "max_steps_per_epoch")
 
 
 @dataclass(frozen=True)
@@ -72,6 +76,9 @@ class SweepSpec:
     # setting in that one place and repeats its runs (a fastcar key: only FastCAR's runs, the grid ignores it)
     ablation: tuple[tuple[str, str, Any], ...] = ()
     description: str = ""
+    # FastCAR's own training length over the protocol ([fastcar.protocol]: epochs, max_steps_per_epoch). Its runs
+    # record it in their config, and the report says where FastCAR's budget differs from the grid's.
+    fastcar_protocol: dict[str, Any] = field(default_factory=dict)
 
     def with_overrides(self, *, source: str | None = None, allow_overlap: bool = False, device: str | None = None,
                        checkpoint_every: int | None = None) -> "SweepSpec":
@@ -105,7 +112,8 @@ class SweepSpec:
                        grid: bool) -> list[RunConfig]:
         out: list[RunConfig] = []
         if fastcar is not None:
-            out += [RunConfig(kind="fastcar", protocol=protocol, seed=s, fastcar=fastcar) for s in self.seeds]
+            own = replace(protocol, **self.fastcar_protocol)
+            out += [RunConfig(kind="fastcar", protocol=own, seed=s, fastcar=fastcar) for s in self.seeds]
         if not grid:
             return out
         for seed in self.seeds:
@@ -201,6 +209,29 @@ def _arch_sweep(raw: Any, args: dict[str, dict], architectures: tuple[str, ...])
     return out
 
 
+def _fastcar_protocol(raw: Any, protocol: TrainingProtocol, enabled: bool) -> dict[str, Any]:
+    """``[fastcar.protocol] epochs = 20``: FastCAR's own training length, checked as the protocol checks it."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"fastcar.protocol must be a table, e.g. epochs = 20; got {raw!r}")
+    if raw and not enabled:
+        raise ConfigError("fastcar.protocol: FastCAR is not enabled in this spec, so nothing would train with it")
+    _check_keys(raw, set(FASTCAR_OWN_PROTOCOL), "fastcar.protocol")
+    try:
+        replace(protocol, **raw)
+    except ConfigError as exc:
+        raise ConfigError(f"fastcar.protocol: {exc}") from None
+    return dict(raw)
+
+
+def _no_ablation_of(fc_protocol: dict[str, Any], ablation: tuple[tuple[str, str, Any], ...]) -> dict[str, Any]:
+    """A protocol key FastCAR sets for itself cannot also be an ablation factor: FastCAR's runs would not change."""
+    for section, key, _ in ablation:
+        if section == "protocol" and key in fc_protocol:
+            raise ConfigError(f"ablation.protocol.{key}: FastCAR sets {key} itself in fastcar.protocol, so the "
+                              f"ablation would not change its runs; vary it in one place")
+    return fc_protocol
+
+
 #: Protocol fields a sweep sets up once for all its runs, so an ablation cannot vary them.
 ONE_PER_SWEEP_WHY = {"img_size": "a sweep decodes its images once, at the spec's size",
                      "amp": "a sweep checks once that the device supports bf16 autocast"}
@@ -261,6 +292,7 @@ def parse_spec(raw: dict[str, Any], default_name: str = "sweep") -> SweepSpec:
         raise ConfigError(f"axes.seeds must be a list of integers, got {seeds!r}")
     fc_raw = dict(raw.get("fastcar", {"enabled": True}))
     enabled = fc_raw.pop("enabled", True)
+    fc_protocol = _fastcar_protocol(fc_raw.pop("protocol", {}), protocol, enabled)
     _check_keys(fc_raw, {f.name for f in fields(FastCARSettings)}, "fastcar")
     fastcar = replace(FastCARSettings(), **fc_raw) if enabled else None
     # A FastCAR-only sweep empties all three grid axes; one empty axis alone is a mistake, as is an empty sweep.
@@ -277,7 +309,8 @@ def parse_spec(raw: dict[str, Any], default_name: str = "sweep") -> SweepSpec:
         arch_args=(arch_args := _method_args(raw.get("arch_args", {}), ARCHITECTURES, "arch_args")),
         weight_args=_method_args(raw.get("weight_args", {}), WEIGHTINGS, "weight_args"),
         arch_sweep=_arch_sweep(raw.get("arch_sweep", {}), arch_args, architectures),
-        ablation=_ablation(raw.get("ablation", {}), protocol, fastcar))
+        ablation=(ablation := _ablation(raw.get("ablation", {}), protocol, fastcar)),
+        fastcar_protocol=_no_ablation_of(fc_protocol, ablation))
 
 
 def load_spec(path_or_name: str | Path) -> SweepSpec:
