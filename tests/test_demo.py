@@ -54,5 +54,5 @@ def test_the_findings_say_fastcar_trained_longer(demo):
     lines = findings(demo, [METRIC_SPECS[m] for m in ("accuracy", "mape")])
     budget = [x for x in lines if x.startswith("Training length")]
     p = load_spec("demo").protocol
-    assert budget and (f"FastCAR trained 20 epochs of at most 15 steps, the MTL cells {p.epochs} epoch"
+    assert budget and (f"FastCAR trained 20 epochs of at most 30 steps, the MTL cells {p.epochs} epoch"
                        f"{'s' if p.epochs != 1 else ''} of at most {p.max_steps_per_epoch} steps") in budget[0]
