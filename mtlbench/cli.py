@@ -165,7 +165,7 @@ def fastcar(
         from mtlbench.models.encoder import load_imagenet_state
         load_imagenet_state()   # fail now, with the clear message, not after decoding the data
     outcome = run_sweep(spec, out, force=force, retry_failed=retry_failed, cache_dir=_cache(cache_dir),
-                        ui=RichSweepUI(console, epochs), keep_checkpoints=keep_checkpoints)
+                        ui=RichSweepUI(console), keep_checkpoints=keep_checkpoints)
     rows = [r.row for r in outcome.results]
     if rows:
         console.print(result_table(rows, "FastCAR: test metrics at the best validation epoch"))
@@ -236,7 +236,7 @@ def sweep(
                "gpus": [int(g) for g in gpus.split(",")] if gpus else None, "cpus_per_cell": cpus_per_cell}
     outcome = run_sweep(s, target, filters=filters, force=force, retry_failed=retry_failed, executor=executor,
                         executor_options=options, cache_dir=_cache(cache_dir),
-                        ui=RichSweepUI(console, s.protocol.epochs), keep_checkpoints=keep_checkpoints,
+                        ui=RichSweepUI(console), keep_checkpoints=keep_checkpoints,
                         checkpoint_dir=checkpoint_dir, resume_diverged=resume_diverged)
     rows = [r.row for r in outcome.results]
     if rows:
@@ -378,7 +378,7 @@ def recommend(
         from mtlbench.ui import RichSweepUI
 
         verification = fr.verify(pair, ranking, results[0], data=data, cache_dir=_cache(cache_dir), device=device,
-                                 ui=RichSweepUI(console, sel.protocol.epochs))
+                                 ui=RichSweepUI(console))
     console.print(ranking_rich_table(ranking, verification))
     if verification is not None:
         for line in correlation_lines(verification):

@@ -48,8 +48,8 @@ def result_table(rows: list[dict], title: str) -> Table:
 
 
 def seed_summary(rows: list[dict]) -> str | None:
-    """"over 3 seeds: accuracy 84.90 ± 5.20 [78.10-90.30] %, MAPE ..." for the runs that finished ok, mean ± sample
-    std [min-max]; None with fewer than two."""
+    """"over the 3 seeds run now: accuracy 84.90 ± 5.20 [78.10-90.30] %, ...": the runs that finished ok, mean ±
+    sample std [min-max]; None with fewer than two."""
     ok = [r for r in rows if r.get("status") == "ok"]
     if len(ok) < 2:
         return None
@@ -62,16 +62,15 @@ def seed_summary(rows: list[dict]) -> str | None:
         mean = sum(values) / len(values)
         std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
         parts.append(f"{label} {mean:.2f} ± {std:.2f} [{min(values):.2f}-{max(values):.2f}]{unit}")
-    return f"over {len(ok)} seeds: " + ", ".join(parts) if parts else None
+    return f"over the {len(ok)} seeds run now: " + ", ".join(parts) if parts else None
 
 
 class RichSweepUI(SweepUI):
     """Overall bar with ETA and counts of ok / failed / diverged, and one epoch bar per running cell (several at
     once under the local and Ray executors) with its latest validation metrics."""
 
-    def __init__(self, console: Console, epochs: int) -> None:
+    def __init__(self, console: Console) -> None:
         self.console = console
-        self.epochs = epochs
         self.counts = {"ok": 0, "failed": 0, "diverged": 0, "not_applicable": 0}
         self.bars = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                              TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from mtlbench.errors import ConfigError
-from mtlbench.report.data import aggregate_ablation, load_results, metric_specs
+from mtlbench.report.data import METRIC_SPECS, aggregate_ablation, load_results, metric_specs
 from mtlbench.report.render import render_report
 from mtlbench.sweep.runner import run_sweep
 from mtlbench.sweep.spec import load_spec, parse_spec
@@ -146,6 +146,12 @@ def test_the_report_writes_the_ablation_table(ablated, tmp_path):
     assert len(csv) == 5
     md = (tmp_path / "report" / "summary.md").read_text()
     assert "## Ablation: one factor at a time" in md and "protocol.lr=0.0003" in md
+    # each figure "mean ± std [min-max]" over the setting's two seeds
+    row = csv[(csv["run"] == "FastCAR") & (csv["setting"] == "spec")].iloc[0]
+    spec = METRIC_SPECS["accuracy"]
+    shown = (f"{spec.format(row.accuracy_mean)} ± {spec.format_std(row.accuracy_std)} "
+             f"[{spec.format(row.accuracy_min)}-{spec.format(row.accuracy_max)}]")
+    assert f"| FastCAR | spec | 2/2 | {shown} |" in md
     assert report.fastcar["n_runs"] == 2                               # Table 1's FastCAR: the spec's setting
     html = (tmp_path / "report" / "report.html").read_text()
     assert "Ablation: one factor at a time" in html and "fastcar.label_scale=unit" in html

@@ -15,10 +15,17 @@ from mtlbench.report.findings import findings
 from mtlbench.sweep.runner import run_sweep
 from mtlbench.sweep.spec import load_spec
 
-# Two architectures that learn within the demo's 5 steps, one that does not (LTB), each with a cheap weighting
-# and one that needs task gradients: the reduced grid spans what the full one shows.
+# Three architectures that learn within the demo's 5 steps and one that does not (LTB), each with two cheap
+# weightings: the reduced grid spans what the full one shows, at a few seconds a cell.
 ARCHITECTURES = ("HPS", "MTAN", "Cross_stitch", "LTB")
 WEIGHTINGS = ("EW", "GLS")
+
+
+pytestmark = pytest.mark.slow
+
+# Margins measured on a 2-core AVX-512 CPU (torch 2.14.1): best cell 89.6 % (>= 80), spread 73 points (>= 10),
+# FastCAR's MAPE 20-30 % against the mean predictor's 58.7 % (<= 29.4). Few-step training moves with the CPU's
+# kernels, so each threshold has a margin of several points, and the best of six learning cells is taken.
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +60,8 @@ def test_fastcars_mape_is_well_below_a_mean_predictors(demo, cache_dir):
 def test_the_findings_say_fastcar_trained_longer(demo):
     lines = findings(demo, [METRIC_SPECS[m] for m in ("accuracy", "mape")])
     budget = [x for x in lines if x.startswith("Training length")]
-    p = load_spec("demo").protocol
-    assert budget and (f"FastCAR trained 20 epochs of at most 30 steps, the MTL cells {p.epochs} epoch"
-                       f"{'s' if p.epochs != 1 else ''} of at most {p.max_steps_per_epoch} steps") in budget[0]
+    spec = load_spec("demo")
+    p, own = spec.protocol, spec.fastcar_protocol
+    assert budget and (f"FastCAR trained {own['epochs']} epochs of at most {own['max_steps_per_epoch']} steps, the MTL "
+                       f"cells {p.epochs} epoch{'s' if p.epochs != 1 else ''} of at most {p.max_steps_per_epoch} "
+                       "steps") in budget[0]

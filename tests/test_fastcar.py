@@ -142,5 +142,5 @@ def test_fastcar_seeds_give_one_run_each_and_the_report_aggregates_them(tmp_path
             (runs[column].min(), runs[column].max()), rel=1e-12)
     # the terminal's line over the seeds: the same mean, std and range
     acc = runs["best_accuracy"]
-    assert (f"over 3 seeds: accuracy {acc.mean():.2f} ± {acc.std():.2f} [{acc.min():.2f}-{acc.max():.2f}] %"
+    assert (f"over the 3 seeds run now: accuracy {acc.mean():.2f} ± {acc.std():.2f} [{acc.min():.2f}-{acc.max():.2f}] %"
             in " ".join(proc.stdout.split()))

@@ -64,6 +64,21 @@ def test_the_findings_say_when_fastcar_trained_longer_than_the_grid():
     grid = [_run("mtl", s, 1, 6, 50.0 + s, 90.0) for s in (0, 1)]
     longer = _budget_lines(grid + [_run("fastcar", s, 20, 15, 80.0, 10.0) for s in (0, 1)])
     assert longer == ["Training length: FastCAR trained 20 epochs of at most 15 steps, the MTL cells 1 epoch of at "
-                      "most 6 steps (the spec's [fastcar.protocol]), so FastCAR's figures below are not like for "
-                      "like with the cells', and its run time includes its longer training."]
+                      "most 6 steps (e.g. a spec's [fastcar.protocol]), so FastCAR's figures below, its run time "
+                      "included, are not like for like with the cells'."]
     assert _budget_lines(grid + [_run("fastcar", s, 1, 6, 80.0, 10.0) for s in (0, 1)]) == []
+    # the same lengths in another order are the same; an older record without a protocol still reads
+    mixed = [_run("mtl", 0, 2, None, 50.0, 90.0), _run("mtl", 1, 1, 1, 50.0, 90.0)]
+    assert _budget_lines(mixed + [_run("fastcar", 0, 1, 1, 80.0, 10.0), _run("fastcar", 1, 2, None, 80.0, 10.0)]) == []
+    odd = [{**r, "config_json": '{"protocol": null}'} for r in mixed]
+    assert _budget_lines(odd + [_run("fastcar", 0, 20, 15, 80.0, 10.0)]) == [
+        "Training length: FastCAR trained 20 epochs of at most 15 steps, the MTL cells 1 epoch / 2 epochs (e.g. a "
+        "spec's [fastcar.protocol]), so FastCAR's figures below, its run time included, are not like for like with "
+        "the cells'."]
+
+
+def test_a_protocol_factor_keeps_fastcars_own_length():
+    spec = parse_spec({"axes": GRID, "protocol": PROTOCOL, "fastcar": {"protocol": {"epochs": 20}},
+                       "ablation": {"protocol": {"lr": [3e-4]}}})
+    lr = [c for c in spec.cells() if c.kind == "fastcar" and c.setting == "protocol.lr=0.0003"]
+    assert len(lr) == 2 and all(c.protocol.epochs == 20 and c.protocol.lr == 3e-4 for c in lr)

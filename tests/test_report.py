@@ -213,6 +213,7 @@ def test_summary_best_cells(grid):
     md = (res.out_dir / "summary.md").read_text()
     assert "FastCAR" in md and "MTL decoder1" in md and "98.45" in md
     assert pd.read_csv(res.out_dir / "summary.csv")["family"].isin(["MTL decoder1", "MTL decoder2", "FastCAR"]).all()
+    assert summary_rich_table(s).row_count == s["row"].nunique()
 
 
 def test_summary_and_cells_give_the_range_over_seeds(grid):
@@ -238,7 +239,30 @@ def test_summary_and_cells_give_the_range_over_seeds(grid):
     for key, lo in want.min().items():
         assert got.loc[key, "Accuracy (%) min"] == pytest.approx(lo)
         assert got.loc[key, "Accuracy (%) max"] == pytest.approx(want.max()[key])
-    assert summary_rich_table(s).row_count == s["row"].nunique()
+
+
+def test_table_1_entries_give_mean_std_and_range_only_with_several_seeds():
+    """Hand-built: HPS+EW has two seeds (80, 90), HPS+UW one (70), FastCAR two (accuracy 95, 97; MAPE 3, 5)."""
+    from mtlbench.report.data import METRIC_SPECS, Axes, aggregate_cells, aggregate_fastcar
+    from mtlbench.report.tables import build_summary
+
+    def run(kind, w, seed, acc, mape):
+        return {"kind": kind, "architecture": "HPS" if w else None, "weighting": w,
+                "decoder": "decoder1" if w else None, "target_scaling": "none" if w else None, "seed": seed, "status": "ok", "message": None,
+                "run_id": f"{kind}-{w}-{seed}", "best_accuracy": acc, "best_mape": mape, "total_s": 60.0}
+
+    runs = pd.DataFrame([run("mtl", "EW", 0, 80.0, 9.0), run("mtl", "EW", 1, 90.0, 11.0),
+                         run("mtl", "UW", 0, 70.0, 20.0), run("fastcar", None, 0, 95.0, 3.0),
+                         run("fastcar", None, 1, 97.0, 5.0)])
+    specs = [METRIC_SPECS["accuracy"], METRIC_SPECS["mape"]]
+    summary = build_summary(aggregate_cells(runs, specs), aggregate_fastcar(runs, specs), specs,
+                            Axes(["HPS"], ["EW", "UW"], ["decoder1"], ["none"], [0, 1])).set_index(["family", "metric"])
+    assert summary.loc[("MTL decoder1", "accuracy"), "text"] == "85.00 ± 7.07 [80.00-90.00] (HPS+EW)"
+    assert summary.loc[("FastCAR", "accuracy"), "text"] == "96.00 ± 1.41 [95.00-97.00]"
+    assert summary.loc[("FastCAR", "mape"), "text"] == "4.0 ± 1.4 [3.0-5.0]"
+    one = build_summary(aggregate_cells(runs[runs["weighting"] != "EW"], specs), None, specs,
+                        Axes(["HPS"], ["UW"], ["decoder1"], ["none"], [0])).set_index(["family", "metric"])
+    assert one.loc[("MTL decoder1", "accuracy"), "text"] == "70.00 (HPS+UW)"     # one seed: no std, no range
 
 
 def test_html_self_contained(grid):

@@ -22,11 +22,12 @@ Classes also differ in mean grey level and tint, as differently etched phases do
 tells them apart within a few optimiser steps at 32 px (the demo gives each of its 204 cells five).
 
 **Ground truth.** The class is visible in every image (texture, level and tint), so a perfect classifier
-scores 100 %. Hardness is a deterministic, monotonic function of two visible quantities inside its class
-(feature size or density, and contrast), blurred only by pixel noise (std 3 grey levels), JPEG at quality
-95 and the z clip at +-2.5 (no image of the default set reaches it), so a perfect regressor's MAPE is
-close to 0. On the default set's test split (:func:`reference_scores`): chance accuracy 16.67 %; a mean
-predictor (the training mean) MAPE 58.7 %; a class-mean oracle (the true class's training mean) MAPE
+scores 100 %. Inside its class, hardness is a monotonic function of two visible quantities (feature size
+or density, and contrast), blurred by pixel noise (std 3 grey levels), JPEG at quality 95, grey levels
+clipped to 0-255, feature counts rounded, and the z clip at +-2.5 (5 of the default set's 336 images lie
+beyond it), so a perfect regressor's MAPE is small, and can go below the class-mean oracle's. On the
+default set's test split (:func:`mtlbench.data.baselines.reference_scores`): chance accuracy 16.67 %; a
+mean predictor (the training mean) MAPE 58.7 %; a class-mean oracle (the true class's training mean) MAPE
 3.2 %, the floor for a model that classifies perfectly but reads nothing inside the class.
 
 Classes 0 and 4 are written as LZW-compressed (lossless) .tif, the others as quality-95 .jpg. The same

@@ -228,7 +228,9 @@ def load_results(folders: Iterable[Path | str]) -> Results:
     ablation = out["runs"][changed].reset_index(drop=True)
     out["runs"] = out["runs"][~changed].reset_index(drop=True)
     for col, what in (("data_fingerprint", "data sets"), ("epochs", "epoch budgets")):
-        values = out["runs"][col].dropna().unique()
+        # FastCAR may train for its own length ([fastcar.protocol]; the findings say so): budgets mix only among cells
+        runs = out["runs"] if col != "epochs" else out["runs"][out["runs"]["kind"] == "mtl"]
+        values = runs[col].dropna().unique()
         if len(values) > 1:
             notes.append(f"the runs mix {len(values)} {what} ({', '.join(map(str, values[:5]))}); cells and "
                          f"seeds are aggregated across them")

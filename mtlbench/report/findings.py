@@ -1,6 +1,6 @@
 """The report's findings: a few sentences computed from the results, each with its numbers and seed spread.
 
-Every value is a mean ± sample std and the range (min-max) over the seeds that finished ok (``n`` seeds), in display
+Every value is a mean ± sample std and the range [min-max] over the seeds that finished ok (``n`` seeds), in display
 units (:data:`~mtlbench.report.data.METRIC_SPECS`).
 
 **The rule** (:func:`verdict`), used for every comparison below: two values *a* and *b* differ - one *leads* -
@@ -8,9 +8,9 @@ only when ``|mean_a - mean_b| > std_a + std_b``; otherwise they *tie*. When eith
 spread is unknown, none is invented, and the comparison reads "one seed: no spread, not a finding".
 
 Findings (in order): the rule and the seeds; the best cell per metric and decoder against its runner-up; where
-FastCAR trained for another length than the grid, that it did; FastCAR against the best MTL cell on accuracy, MAPE and run time; the effect of target scaling paired over the cells that
-ran with both scalings (else "not shown" and why); which architectures and weightings lead on average; what is
-missing or failed.
+FastCAR trained for another length than the grid, that it did; FastCAR against the best MTL cell on accuracy, MAPE
+and run time; the effect of target scaling paired over the cells that ran with both scalings (else "not shown" and
+why); which architectures and weightings lead on average; what is missing or failed.
 """
 
 from __future__ import annotations
@@ -158,16 +158,17 @@ def _training_length(runs: pd.DataFrame) -> list[str]:
     for epochs, text in zip(runs["epochs"], runs["config_json"] if "config_json" in runs else [None] * len(runs)):
         try:
             cap = json.loads(text)["protocol"].get("max_steps_per_epoch") if isinstance(text, str) else None
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, AttributeError):   # an older or hand-made record
             cap = None
-        n = int(epochs)
-        out.append(f"{n} epoch{'s' if n != 1 else ''}" + (f" of at most {int(cap)} steps" if cap else ""))
-    return list(dict.fromkeys(out))
+        n, cap = int(epochs), (int(cap) if cap else None)
+        out.append(f"{n} epoch{'s' if n != 1 else ''}" +
+                   (f" of at most {cap} step{'s' if cap != 1 else ''}" if cap else ""))
+    return sorted(dict.fromkeys(out))
 
 
 def _budget_line(runs: pd.DataFrame) -> list[str]:
-    """A line when FastCAR trained for another length than the grid ([fastcar.protocol]): its figures are then
-    not like for like with the cells'."""
+    """A line when FastCAR trained for another length than the grid (a spec's [fastcar.protocol], or folders of
+    other runs reported together): its figures are then not like for like with the cells'."""
     ok = runs[(runs["status"] == "ok") & runs["epochs"].notna()]
     fc, mtl = ok[ok["kind"] == "fastcar"], ok[ok["kind"] == "mtl"]
     if fc.empty or mtl.empty:
@@ -175,9 +176,9 @@ def _budget_line(runs: pd.DataFrame) -> list[str]:
     fc_len, mtl_len = _training_length(fc), _training_length(mtl)
     if fc_len == mtl_len:
         return []
-    return [f"Training length: FastCAR trained {' / '.join(fc_len)}, the MTL cells {' / '.join(mtl_len)} (the spec's "
-            "[fastcar.protocol]), so FastCAR's figures below are not like for like with the cells', and its run time "
-            "includes its longer training."]
+    return [f"Training length: FastCAR trained {' / '.join(fc_len)}, the MTL cells {' / '.join(mtl_len)} (e.g. a "
+            "spec's [fastcar.protocol]), so FastCAR's figures below, its run time included, are not like for like "
+            "with the cells'."]
 
 
 def _fastcar_lines(cells: pd.DataFrame, fastcar: dict[str, Any] | None, several_scalings: bool) -> list[str]:

@@ -168,10 +168,10 @@ def ablation_markdown(view: pd.DataFrame, selection: str) -> list[str]:
     if view.empty:
         return []
     return ["## Ablation: one factor at a time from the spec's setting", "", markdown_table(view, index=False), "",
-            f"Test metrics at the {selection} validation epoch, mean ± sample std [min-max] over seeds, and the spread "
-            "(max - min) of validation accuracy and MAPE over each run's last epochs, mean ± sample std over seeds; "
-            "unstable: runs whose spread exceeds the threshold (mtlbench.stability). \"spec\" is the spec's own "
-            "setting.", ""]
+            f"Test metrics at the {selection} validation epoch, mean ± sample std [min-max] over seeds, and the "
+            "spread (max - min) of validation accuracy and MAPE over each run's last epochs, mean ± sample std over "
+            "seeds; unstable: runs whose spread exceeds the threshold (mtlbench.stability). \"spec\" is the spec's "
+            "own setting.", ""]
 
 
 def summary_markdown(summary: pd.DataFrame, axes: Axes, *, title: str, notes: list[str],
@@ -190,8 +190,8 @@ def summary_markdown(summary: pd.DataFrame, axes: Axes, *, title: str, notes: li
         else:
             out += [markdown_table(summary_wide(summary)), ""]
     out += ["Best-type rows: the winning cell (architecture+weighting) by mean over seeds, its mean ± std [min-max] "
-            "over seeds (sample std; neither with one seed). FastCAR: the same over its seeds. Run time: the family's mean ± std over its cells, and the fastest "
-            "cell. Test metrics at the best validation epoch. MSE in multiples of 1000.", ""]
+            "over seeds (sample std; neither with one seed). FastCAR: the same over its seeds. Run time: the family's "
+            "mean ± std over its cells, and the fastest cell. Test metrics at the best validation epoch. MSE in multiples of 1000.", ""]
     out += extra or []
     if notes:
         out += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
