@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 from typing import Any
 
 from rich.console import Console
@@ -59,8 +60,7 @@ def seed_summary(rows: list[dict]) -> str | None:
         values = [float(r[key]) for r in ok if r.get(key) is not None and math.isfinite(float(r[key]))]
         if len(values) < 2:
             continue
-        mean = sum(values) / len(values)
-        std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+        mean, std = statistics.fmean(values), statistics.stdev(values)
         parts.append(f"{label} {mean:.2f} ± {std:.2f} [{min(values):.2f}-{max(values):.2f}]{unit}")
     return f"over the {len(ok)} seeds run now: " + ", ".join(parts) if parts else None
 

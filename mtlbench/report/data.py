@@ -238,9 +238,13 @@ def load_results(folders: Iterable[Path | str]) -> Results:
 
 
 # -- aggregation ----------------------------------------------------------------------------------------------------
-def _stats(values: pd.Series) -> tuple[float, float, int]:
+def _finite(values: pd.Series) -> pd.Series:
     v = pd.to_numeric(values, errors="coerce").astype(float)
-    v = v[np.isfinite(v)]
+    return v[np.isfinite(v)]
+
+
+def _stats(values: pd.Series) -> tuple[float, float, int]:
+    v = _finite(values)
     n = int(len(v))
     if n == 0:
         return float("nan"), float("nan"), 0
@@ -273,8 +277,7 @@ def _summarise(group: pd.DataFrame, specs: list[MetricSpec], selection: str) -> 
         values = ok[col] * spec.scale if col in ok else pd.Series(dtype=float)
         mean, std, n = _stats(values)
         row[f"{spec.name}_mean"], row[f"{spec.name}_std"], row[f"{spec.name}_n"] = mean, std, n
-        finite = pd.to_numeric(values, errors="coerce").astype(float)
-        finite = finite[np.isfinite(finite)]   # the range over seeds, of the values the mean is taken over
+        finite = _finite(values)   # the range over seeds, of the values the mean is taken over
         row[f"{spec.name}_min"], row[f"{spec.name}_max"] = finite.min(), finite.max()
     return row
 

@@ -26,6 +26,7 @@ import pandas as pd
 from mtlbench.config import cell_name
 from mtlbench.report.data import (CELL_KEY, METRIC_SPECS, MetricSpec, _stats, aggregate_cells, aggregate_fastcar,
                                   ordered)
+from mtlbench.report.tables import format_spread
 
 LEAD, TIE, ONE_SEED = "lead", "tie", "one seed"
 ONE_SEED_TEXT = "one seed: no spread, not a finding"
@@ -62,8 +63,7 @@ def _fmt(spec: MetricSpec, s: Stat) -> str:
     seeds = f"{s.n} seed{'s' if s.n != 1 else ''}"
     if s.n < 2 or not np.isfinite(s.std):
         return f"{spec.format(s.mean)} ({seeds}, spread unknown)"
-    spread = f" [{spec.format(s.lo)}-{spec.format(s.hi)}]" if np.isfinite(s.lo) and np.isfinite(s.hi) else ""
-    return f"{spec.format(s.mean)} ± {spec.format_std(s.std)}{spread} ({seeds})"
+    return f"{format_spread(spec, s.mean, s.std, s.lo, s.hi)} ({seeds})"
 
 
 def _judge(spec: MetricSpec, a: Stat, b: Stat) -> str:

@@ -499,8 +499,8 @@ def _html(title: str, data: Any, axes: Axes, summary: pd.DataFrame, cells: pd.Da
         tables.append(("Ablation: one factor at a time from the spec's setting (\"spec\"); spreads in points over "
                        "the last epochs", ablation.set_index("run")))
     note = ("Best-type rows: the winning cell (architecture+weighting) chosen by its mean over seeds, shown as mean "
-            "± sample std [min-max] over seeds (neither with one seed); FastCAR: the same over its seeds. Run time: the family's mean ± std over its cells, and the fastest cell. MSE in "
-            "multiples of 1000.")
+            "± sample std [min-max] over seeds (neither with one seed); FastCAR: the same over its seeds. Run time: "
+            "the family's mean ± std over its cells, and the fastest cell. MSE in multiples of 1000.")
     fc_table = None
     if n_fc:
         cols = ["run_id", "seed", "status", f"{selection}_accuracy", f"{selection}_mse", f"{selection}_mape",

@@ -39,7 +39,7 @@ def row_label(spec: MetricSpec) -> str:
     return f"{task} {spec.cbar}: {'best' if spec.better == 'max' else 'lowest'}"
 
 
-def _pm(spec: MetricSpec, value: float, std: float, lo: float = np.nan, hi: float = np.nan) -> str:
+def format_spread(spec: MetricSpec, value: float, std: float, lo: float = np.nan, hi: float = np.nan) -> str:
     """"mean ± std [min-max]": the std and the range only where there are several values."""
     if not np.isfinite(value):
         return "-"
@@ -77,7 +77,7 @@ def build_summary(cells: pd.DataFrame, fastcar: dict[str, Any] | None, specs: li
                     mean = float(per_cell.mean()) if len(per_cell) else float("nan")
                     std = float(per_cell.std(ddof=1)) if len(per_cell) > 1 else float("nan")
                     fastest = best_cell(fam, spec)
-                    text = _pm(spec, mean, std)
+                    text = format_spread(spec, mean, std)
                     row = {**base, "value": mean, "std": std, "n": int(len(per_cell))}
                     if fastest is not None:
                         name = cell_name(fastest["architecture"], fastest["weighting"])
@@ -93,16 +93,16 @@ def build_summary(cells: pd.DataFrame, fastcar: dict[str, Any] | None, specs: li
                 name = cell_name(win["architecture"], win["weighting"])
                 mean, std = float(win[f"{spec.name}_mean"]), float(win[f"{spec.name}_std"])
                 lo, hi = (float(win.get(f"{spec.name}_{k}", np.nan)) for k in ("min", "max"))
-                rows.append({**base, "value": mean, "std": std, "min": lo, "max": hi, "n": int(win[f"{spec.name}_n"]),
-                             "cell": name, "architecture": win["architecture"], "weighting": win["weighting"],
-                             "cell_value": mean, "text": f"{_pm(spec, mean, std, lo, hi)} ({name})"})
+                rows.append({**base, "value": mean, "std": std, "min": lo, "max": hi,
+                             "n": int(win[f"{spec.name}_n"]), "cell": name, "architecture": win["architecture"],
+                             "weighting": win["weighting"], "cell_value": mean, "text": f"{format_spread(spec, mean, std, lo, hi)} ({name})"})
     if fastcar is not None:
         for spec in specs:
             mean, std = fastcar.get(f"{spec.name}_mean", np.nan), fastcar.get(f"{spec.name}_std", np.nan)
             lo, hi = fastcar.get(f"{spec.name}_min", np.nan), fastcar.get(f"{spec.name}_max", np.nan)
             rows.append({"scaling": None, "metric": spec.name, "row": row_label(spec), "family": "FastCAR",
                          "decoder": None, "value": mean, "std": std, "min": lo, "max": hi,
-                         "n": int(fastcar.get(f"{spec.name}_n", 0)), "text": _pm(spec, mean, std, lo, hi)})
+                         "n": int(fastcar.get(f"{spec.name}_n", 0)), "text": format_spread(spec, mean, std, lo, hi)})
     return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
 
 
@@ -152,7 +152,7 @@ def ablation_view(ablation: pd.DataFrame, specs: list[MetricSpec]) -> pd.DataFra
     for _, r in ablation.iterrows():
         row = {"run": r["run"], "setting": r["setting"], "seeds ok": f"{r['n_ok']}/{r['n_runs']}"}
         for spec in shown:
-            row[spec.cbar] = _pm(spec, r[f"{spec.name}_mean"], r[f"{spec.name}_std"], r[f"{spec.name}_min"],
+            row[spec.cbar] = format_spread(spec, r[f"{spec.name}_mean"], r[f"{spec.name}_std"], r[f"{spec.name}_min"],
                                  r[f"{spec.name}_max"])
         for col, label in SPREADS:
             mean, std = r[f"{col}_mean"], r[f"{col}_std"]
@@ -191,7 +191,8 @@ def summary_markdown(summary: pd.DataFrame, axes: Axes, *, title: str, notes: li
             out += [markdown_table(summary_wide(summary)), ""]
     out += ["Best-type rows: the winning cell (architecture+weighting) by mean over seeds, its mean ± std [min-max] "
             "over seeds (sample std; neither with one seed). FastCAR: the same over its seeds. Run time: the family's "
-            "mean ± std over its cells, and the fastest cell. Test metrics at the best validation epoch. MSE in multiples of 1000.", ""]
+            "mean ± std over its cells, and the fastest cell. Test metrics at the best validation epoch. MSE in "
+            "multiples of 1000.", ""]
     out += extra or []
     if notes:
         out += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
