@@ -57,9 +57,19 @@ class Cell:
     learner: MTLLearner
     opt: torch.optim.Optimizer
 
+    @property
+    def samples(self) -> int:
+        """Batches per step (MoDo, SDMGrad: 3)."""
+        return self.learner.samples_per_step
+
     def step(self, x: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor) -> None:
+        """One optimizer step. A weighting that takes k batches a step gets this batch k times: the arithmetic is
+        that of k distinct batches, and every lane reads one batch per step."""
         self.opt.zero_grad(set_to_none=True)
-        self.learner.train_step(x, labels, targets)
+        if self.samples == 1:
+            self.learner.train_step(x, labels, targets)
+        else:
+            self.learner.train_step_samples([(x, labels, targets)] * self.samples)
         self.opt.step()
 
 
@@ -73,7 +83,7 @@ def build_cell(arch: str, weighting: str, decoder: str, data: DeviceData, side: 
     if args.channels_last:
         module.to(memory_format=torch.channels_last)
     epochs = PAST_EPOCHS + 1
-    learner = MTLLearner(module, built.backward_kwargs, epochs=epochs, amp=args.amp)
+    learner = MTLLearner(module, built.backward_kwargs, epochs=epochs, amp=args.amp, samples=built.samples)
     cell = Cell(learner, make_adam([p for p in module.parameters() if p.requires_grad], 1e-3, 1e-4))
     it = iter(batches())
     for epoch in range(1, PAST_EPOCHS + 1):
@@ -81,7 +91,7 @@ def build_cell(arch: str, weighting: str, decoder: str, data: DeviceData, side: 
         total = torch.zeros(len(learner.task_names), device=device)
         for _ in range(args.epoch_steps):
             cell.opt.zero_grad(set_to_none=True)
-            losses, _ = learner.train_step(*next(it))
+            losses, _ = learner.train_step_samples([next(it)[:3] for _ in range(learner.samples_per_step)])
             cell.opt.step()
             total += losses.float()
         learner.end_epoch(epoch, (total / args.epoch_steps).cpu().numpy())
@@ -90,8 +100,9 @@ def build_cell(arch: str, weighting: str, decoder: str, data: DeviceData, side: 
 
 
 def encoder_passes(cell: Cell, batches: Batches) -> int:
-    """Backward passes through the shared encoder in one step: how often its first shared parameter receives a
-    gradient (EW: 1; a weighting that needs one gradient per task: the number of tasks)."""
+    """Backward passes through the shared encoder per batch: how often its first shared parameter receives a
+    gradient in one step, over the step's batches (EW: 1; a weighting that needs one gradient per task: the number
+    of tasks)."""
     first = next(iter(cell.learner.module.get_share_params()))
     count = [0]
 
@@ -103,7 +114,7 @@ def encoder_passes(cell: Cell, batches: Batches) -> int:
         cell.step(*next(iter(batches())))
     finally:
         handle.remove()
-    return count[0]
+    return count[0] // cell.samples
 
 
 def split_step(cell: Cell, batches: Batches, steps: int, device: torch.device) -> tuple[float, float, float]:
@@ -209,7 +220,8 @@ def main() -> None:
             lanes = [Lane(cell.step, batches, device), Lane(ew.step, batches, device),
                      Lane(floor, batches, device)]
             interleaved(lanes, steps, block, args.warmup)
-            rate, ew_rate, floor_rate = (lane.images_per_s(b) for lane in lanes)
+            rate = lanes[0].images_per_s(b * cell.samples)
+            ew_rate, floor_rate = (lane.images_per_s(b) for lane in lanes[1:])
         except Exception as exc:  # noqa: BLE001 — one weighting failing must not hide the others' rows
             failed.append(name)
             print(f"{name:12s} failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")

@@ -181,7 +181,21 @@ class RunConfig:
             for key, value in defaults.items():
                 if d.get(part) is not None and d[part].get(key) == value:
                     del d[part][key]
+        samples = self.samples_per_step()
+        if samples != 1:   # MoDo's and SDMGrad's runs before three-batch steps took one batch: another result
+            d["samples_per_step"] = samples
         return d
+
+    def samples_per_step(self) -> int:
+        """Batches the cell's weighting takes per step (the registry trait ``samples``; FastCAR: 1)."""
+        if self.kind != "mtl":
+            return 1
+        from mtlbench.methods.weightings import WEIGHTINGS   # the method registry imports torch and LibMTL
+
+        try:
+            return int(WEIGHTINGS.entry(self.weighting).trait("samples", 1))
+        except ConfigError:   # an unknown name is reported where the cell is planned
+            return 1
 
     def run_id(self, data_fingerprint: str) -> str:
         """Stable id: a hash of the configuration that defines the result and of the data."""

@@ -118,7 +118,11 @@ class RunRecord:
             return None
 
     def resume(self, trainer: Trainer, payload: dict[str, Any]) -> None:
-        self.checkpoint.resume(trainer, payload)
+        try:
+            self.checkpoint.resume(trainer, payload)
+        except CheckpointError as exc:   # refused before anything was loaded: the trainer is still fresh
+            self.note(f"{exc}; restarted from epoch 0")
+            return
         self.t0 -= payload["elapsed_s"]   # total_s counts the interrupted process's time too
         self.row["resumed_from_epoch"] = payload["epoch"]
 

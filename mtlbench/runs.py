@@ -50,7 +50,7 @@ def train_mtl(run: RunRecord, progress: ProgressFn | None) -> EpochFn | None:
         stats = table.target_stats("train")
         mean, std = stats["mean"], stats["std"] or 1.0
     learner = MTLLearner(built.module, built.backward_kwargs, epochs=p.epochs, target_mean=mean,
-                         target_std=std, amp=p.amp, compile=p.compile)
+                         target_std=std, amp=p.amp, compile=p.compile, samples=built.samples)
     run.trainer = Trainer(learner, data, p, seed=cfg.seed, progress=progress, name=cfg.cell_name)
     saved = run.saved()
     if saved is not None:

@@ -56,7 +56,7 @@ def test_weightings_benchmark_rows_agree_with_their_rates(tiny_data: Path, cache
     proc = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "weightings.py"), "--data", str(tiny_data), "--device", "cpu",
          "--img-size", "32", "--batch-size", "4", "--steps", "2", "--block", "1", "--warmup", "1",
-         "--epoch-steps", "1", "--weightings", "EW,GradNorm"],
+         "--epoch-steps", "1", "--weightings", "EW,GradNorm,MoDo"],
         capture_output=True, text=True, env=env, timeout=600, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = proc.stdout
@@ -69,8 +69,8 @@ def test_weightings_benchmark_rows_agree_with_their_rates(tiny_data: Path, cache
     assert abs(printed - factor) < 2e-3
     num = r"([\d.]+)"
     rows = {m[0]: m[1:] for m in re.findall(
-        rf"^(EW|GradNorm)\s+{num}\s+{num}\s+{num}\s+{num}\s+{num}\s+(\d+)\s+([\d.]+|-)\s+([\d.]+|-)$", out, re.M)}
-    assert set(rows) == {"EW", "GradNorm"}, out
+        rf"^(EW|GradNorm|MoDo)\s+{num}\s+{num}\s+{num}\s+{num}\s+{num}\s+(\d+)\s+([\d.]+|-)\s+([\d.]+|-)$", out, re.M)}
+    assert set(rows) == {"EW", "GradNorm", "MoDo"}, out
     for name, (rate, ew, pct_ew, floor, pct_floor, passes, limit, pct_limit) in rows.items():
         rate, ew, pct_ew, floor, pct_floor = map(float, (rate, ew, pct_ew, floor, pct_floor))
         assert min(rate, ew, floor) > 0
@@ -78,7 +78,8 @@ def test_weightings_benchmark_rows_agree_with_their_rates(tiny_data: Path, cache
         if name == "EW":
             assert passes == "1" and limit == pct_limit == "-"
         else:
-            # GradNorm is timed past its first epoch, where it takes one gradient per task (epoch 0 runs EW).
+            # GradNorm is timed past its first epoch, where it takes one gradient per task (epoch 0 runs EW); MoDo
+            # takes three batches a step, two passes per batch.
             assert passes == "2", out
             lo, hi = (ew - 0.05) * factor, (ew + 0.05) * factor
             assert lo - 0.05 - 1e-3 * hi <= float(limit) <= hi + 0.05 + 1e-3 * hi, out

@@ -1,7 +1,10 @@
-"""The training loop's BatchNorm re-estimation (protocol.bn_reestimate_batches) and options added after runs were
-recorded keeping every earlier run id."""
+"""The training loop's BatchNorm re-estimation (protocol.bn_reestimate_batches), options added after runs were
+recorded keeping every earlier run id, and steps on three batches (MoDo, SDMGrad): the stream they read, resume,
+refused checkpoints, run ids and records."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 import torch
@@ -95,3 +98,90 @@ def test_unknown_label_scale_is_refused():
 
     with pytest.raises(ConfigError, match="label_scale"):
         FastCARSettings(label_scale="minmax")
+
+
+# -- weightings that take three batches a step (MoDo, SDMGrad) --------------------------------------------------
+
+class RecordingLearner(MTLLearner):
+    """MTLLearner that keeps the targets of every batch it trains on (they identify the batches)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.seen: list[list[torch.Tensor]] = []
+
+    def train_step_samples(self, batches):
+        self.seen.append([b[2].clone() for b in batches])
+        return super().train_step_samples(batches)
+
+
+def sampled_trainer(data, weighting: str = "MoDo", batch_size: int = 16, **protocol) -> Trainer:
+    p = TrainingProtocol(**{"epochs": 2, "batch_size": batch_size, "img_size": 32, "max_steps_per_epoch": 2,
+                            "latency_repeats": 1, **protocol})
+    torch.manual_seed(0)
+    built = build_mtl_model("HPS", weighting, "decoder1", num_classes=data.num_classes, img_size=32, device=CPU)
+    learner = RecordingLearner(built.module, built.backward_kwargs, epochs=p.epochs, samples=built.samples)
+    return Trainer(learner, data, p, seed=0)
+
+
+def test_three_batch_steps_read_one_shuffled_stream_of_passes(loaded):
+    """Each step takes the next three batches of one stream of reshuffled passes (a 48-image split at batch 16 is
+    three batches: two steps read two passes); steps per epoch stay one per batch (capped), images count all
+    three batches, the recorded loss is the mean over the step's batches, and the weights are recorded."""
+    _, data = loaded
+    t = sampled_trainer(data)
+    assert t.samples == 3 and t.steps_per_epoch() == 2
+    reference = torch.Generator().manual_seed(0)
+    stream = [b[2] for _ in range(2) for b in data.batches("train", 16, shuffle=True, generator=reference)]
+    record = t.train_epoch()
+    seen = [target for step in t.learner.seen for target in step]
+    assert len(t.learner.seen) == 2 and all(len(step) == 3 for step in t.learner.seen)
+    assert all(torch.equal(a, b) for a, b in zip(seen, stream, strict=True))
+    assert t.state.images == 2 * 3 * 16
+    assert torch.equal(t.generator.get_state(), reference.get_state())   # nothing drawn past the last step
+    assert record["train_loss"] > 0 and len(t.state.weights) == 2       # one row per task
+
+
+def test_a_resumed_three_batch_run_equals_the_uninterrupted_one(loaded, tmp_path):
+    """The stream restarts each epoch from the generator a checkpoint saves, and MoDo's lambda is saved with the
+    model's attributes: two epochs straight and one + one through ``torch.save`` end with equal weights."""
+    _, data = loaded
+    whole = sampled_trainer(data)
+    whole.fit()
+    first = sampled_trainer(data)
+    first.fit(1)
+    torch.save(first.state_dict(), tmp_path / "ckpt.pt")
+    resumed = sampled_trainer(data)
+    resumed.load_state_dict(torch.load(tmp_path / "ckpt.pt", weights_only=False))
+    resumed.fit()
+    for (name, a), (_, b) in zip(whole.module.state_dict().items(), resumed.module.state_dict().items()):
+        assert torch.equal(a, b), name
+    torch.testing.assert_close(whole.module._modo_lambda, resumed.module._modo_lambda, rtol=0, atol=0)
+
+
+def test_a_checkpoint_of_another_batch_count_is_refused(loaded):
+    from mtlbench.train.checkpoint import CheckpointError
+
+    _, data = loaded
+    one = trainer(data)
+    with pytest.raises(CheckpointError, match=r"trained with 1 batch\(es\) per step and this run takes 3"):
+        sampled_trainer(data).load_state_dict(one.state_dict())
+    old = {k: v for k, v in sampled_trainer(data).state_dict().items() if k != "samples_per_step"}
+    with pytest.raises(CheckpointError, match="trained with 1 batch"):   # written before three-batch steps
+        sampled_trainer(data).load_state_dict(old)
+
+
+def test_three_batch_cells_have_their_own_run_ids():
+    p = TrainingProtocol(epochs=10, img_size=64)
+    ident = RunConfig(kind="mtl", architecture="HPS", weighting="MoDo", decoder="decoder1", protocol=p).identity()
+    assert ident["samples_per_step"] == 3
+    assert "samples_per_step" not in RunConfig(kind="mtl", architecture="HPS", weighting="EW", decoder="decoder1",
+                                               protocol=p).identity()
+
+
+def test_a_three_batch_cell_runs_and_records_it(loaded):
+    table, data = loaded
+    p = TrainingProtocol(epochs=1, batch_size=8, img_size=32, max_steps_per_epoch=2, latency_repeats=1)
+    result = run_cell(RunConfig(kind="mtl", architecture="HPS", weighting="SDMGrad", decoder="decoder1", protocol=p),
+                      table, data)
+    assert result.status == "ok", result.message
+    assert json.loads(result.row["hparams_json"])["samples_per_step"] == 3

@@ -33,42 +33,49 @@ class MoDoOptions:
 MODO_DEFAULTS: dict[str, Any] = options_table(MoDoOptions)[0]
 
 
-@WEIGHTINGS.register("MoDo", options=MoDoOptions, library="torchjd", gradients=True,
+@WEIGHTINGS.register("MoDo", options=MoDoOptions, library="torchjd", gradients=True, samples=3,
                      conic='projected-gradient weights on the simplex',
                      reference="Chen, Fernando, Ying & Chen, Three-Way Trade-Off in Multi-Objective Learning: "
                                "Optimization, Generalization and Conflict-Avoidance, NeurIPS 2023 / JMLR 2024 "
                                "(arXiv:2305.20057)",
-                     summary="task weights by one projected SGD step per iteration on the MGDA objective (torchjd)")
+                     summary="task weights by one projected SGD step per iteration on the MGDA objective, from "
+                             "three batches a step (torchjd)")
 class MoDo(TorchJDWeighting):
     r"""MoDo (multi-objective gradient with double sampling), Chen et al., NeurIPS 2023 / JMLR 2024 (arXiv:2305.20057).
 
-    The task weights follow one projected step per iteration on ``1/2 ||G^T lambda||^2 + rho/2 ||lambda||^2``:
-    ``lambda <- Proj_simplex(lambda - gamma (G_1 G_2^T lambda + rho lambda))`` from ``lambda = 1/m``, and the update is
-    ``G_3^T lambda``. torchjd's ``MoDoWeighting`` on ``G G^T``.
-
-    Divergence from the paper and LibMTL main (whose trainer draws three batches for MoDo): mtlbench's trainer draws
-    one batch per step, so the three independent gradient samples ``G_1, G_2, G_3`` are the same G (the matrix is
-    the Gramian ``G G^T``, and the decoders' gradients need no division by 3). That makes lambda's stochastic
-    gradient biased, which the paper's double sampling avoids; a three-batch step would need a trainer change.
+    Each step draws three independent batches (as LibMTL main's trainer does for MoDo) and their per-task gradient
+    matrices ``G_1, G_2, G_3``. The task weights follow one projected step on ``1/2 ||G^T lambda||^2 + rho/2
+    ||lambda||^2`` with the double-sampled, unbiased estimate of its gradient: ``lambda <- Proj_simplex(lambda -
+    gamma (G_1 G_2^T lambda + rho lambda))`` from ``lambda = 1/m``; the shared update is ``G_3^T lambda``.
+    torchjd's ``MoDoWeighting`` on ``G_1 G_2^T``. As in LibMTL main, the decoders' gradients (summed over the three
+    batches) are divided by 3; other task-specific parameters (MMoE's gates, MTAN's attention) keep the sum, as
+    there. Called with losses [task_num] (one batch), the three samples are one and the matrix is ``G G^T``.
 
     Args (keywords of ``backward``, defaults in :data:`MODO_DEFAULTS`): ``MoDo_gamma`` (1e-3), ``MoDo_rho`` (0.1),
     LibMTL main's. Stateful: lambda lives in the model's torchjd weighting and is mirrored in the plain tensor
     attribute ``_modo_lambda``, so a checkpoint keeps it (a resumed model restores it into its fresh torchjd
-    weighting). Supports ``rep_grad`` (LibMTL's MoDo rejects it).
+    weighting). Three samples refuse ``rep_grad``, as LibMTL's MoDo does.
     """
 
     DEFAULTS = MODO_DEFAULTS
+    SAMPLE_ROLES = (0, 1, 2)
 
     @classmethod
     def make_weighting(cls, opts: dict[str, Any]) -> Weighting:
         return MoDoWeighting(gamma=float(opts["MoDo_gamma"]), rho=float(opts["MoDo_rho"]))
 
-    def weights_for(self, grads: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+    def weigh(self, stat: torch.Tensor, like: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         weighting = self.torchjd_weighting(**kwargs)
         lam = self.__dict__.get("_modo_lambda")
         if lam is not None:  # a checkpoint's lambda, or this model's own from the previous step
             weighting._lambda = lam
             weighting._state_key = (lam.shape[0], lam.dtype, lam.device)
-        weights = super().weights_for(grads, **kwargs)
+        weights = super().weigh(stat, like, **kwargs)
         self._modo_lambda = weighting._lambda.detach().clone()
         return weights
+
+    def reduce_sample_gradients(self, samples: int) -> None:
+        # The shared update uses one sample; the decoders' gradients are averaged over all (LibMTL main's MoDo).
+        for p in self.decoders.parameters():
+            if p.grad is not None:
+                p.grad.div_(samples)

@@ -4,6 +4,7 @@ A torchjd ``Weighting`` maps a statistic of the [task_num, grad_dim] gradient ma
 the Gramian weightings, G itself for the others) to a vector of task weights. :class:`TorchJDWeighting` turns one
 into a LibMTL ``AbsWeighting``: ``backward`` takes the per-task gradients of the shared parameters (or, with
 ``rep_grad``, of the shared representation), asks the torchjd weighting for ``w`` and back-propagates ``sum_i w_i g_i``.
+A weighting that needs independent gradient samples (MoDo, SDMGrad) takes a list of loss vectors, one per batch: the torchjd weighting gets ``G_a G_b^T`` of two samples and the update follows a third, ``G_u^T w``.
 
 torchjd's default dual-cone projector (UPGrad, DualProj) needs the optional ``quadprog``/``qpsolvers`` packages;
 :class:`TorchDualConeProjector` solves the same quadratic program in torch, on the Gramian's device, and is used
@@ -13,12 +14,14 @@ instead.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import torch
 from torchjd.aggregation import Weighting
 from torchjd.linalg import DualConeProjector
 
+from mtlbench.errors import ConfigError
 from mtlbench.libmtl_compat import AbsWeighting
 
 __all__ = ["TorchJDWeighting", "TorchDualConeProjector", "gramian_of"]
@@ -91,6 +94,12 @@ class TorchJDWeighting(AbsWeighting):
     GRAMIAN: ClassVar[bool] = True
     #: The options' defaults (set by subclasses from their options dataclass).
     DEFAULTS: ClassVar[dict[str, Any]] = {}
+    #: For a weighting that takes independent gradient samples per step (the registry trait ``samples``): the
+    #: samples (a, b) whose matrix ``G_a G_b^T`` the torchjd weighting gets, and the sample u the update ``G_u^T w``
+    #: follows. None: one sample (losses [task_num]).
+    SAMPLE_ROLES: ClassVar[tuple[int, int, int] | None] = None
+    #: The dtype the torchjd weighting solves in (None: the gradients'); the weights come back in the gradients'.
+    SOLVE_DTYPE: ClassVar[torch.dtype | None] = None
 
     def __init__(self) -> None:
         super().__init__()
@@ -109,15 +118,39 @@ class TorchJDWeighting(AbsWeighting):
             self.__dict__["_torchjd_weighting"] = weighting
         return weighting
 
-    def weights_for(self, grads: torch.Tensor, **kwargs: Any) -> torch.Tensor:
-        """Task weights for the [task_num, n] gradient matrix ``grads``, on its device."""
+    def weigh(self, stat: torch.Tensor, like: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        """The torchjd weighting's weights for the statistic ``stat``, on ``like``'s device and dtype (stateful
+        subclasses restore and mirror their state around this call)."""
         weighting = self.torchjd_weighting(**kwargs)
         with torch.no_grad():
-            stat = gramian_of(grads) if self.GRAMIAN else grads
-            weights = weighting(stat)
-        return weights.to(device=grads.device, dtype=grads.dtype)
+            weights = weighting(stat if self.SOLVE_DTYPE is None else stat.to(self.SOLVE_DTYPE))
+        return weights.to(device=like.device, dtype=like.dtype)
 
-    def backward(self, losses: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+    def weights_for(self, grads: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        """Task weights for the [task_num, n] gradient matrix ``grads``, on its device."""
+        with torch.no_grad():
+            stat = gramian_of(grads) if self.GRAMIAN else grads
+        return self.weigh(stat, grads, **kwargs)
+
+    def weights_for_pair(self, grads_a: torch.Tensor, grads_b: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        """Task weights from two independent gradient samples [task_num, n]: the torchjd weighting gets
+        ``G_a G_b^T`` (not symmetric in general), an unbiased estimate of the Gramian."""
+        with torch.no_grad():
+            stat = grads_a @ grads_b.t()
+        return self.weigh(stat, grads_a, **kwargs)
+
+    def reduce_sample_gradients(self, samples: int) -> None:
+        """Called after the samples' backward passes, when every task-specific parameter holds the sum of its
+        gradients over the samples. The default keeps the sum (LibMTL main's SDMGrad)."""
+
+    def backward(self, losses: torch.Tensor | Sequence[torch.Tensor], **kwargs: Any) -> torch.Tensor:
+        if isinstance(losses, (list, tuple)):
+            return self._backward_samples(losses, **kwargs)
+        if losses.dim() != 1:
+            # Rows of one stacked tensor share its graph: a backward from one row runs (with zeros) through every
+            # sample's graph and frees them all.
+            raise ConfigError(f"{type(self).__name__}: backward takes the task losses [{self.task_num}], or a list "
+                              f"of them, one per gradient sample; got a tensor of shape {list(losses.shape)}")
         grads = self._get_grads(losses, mode="backward")
         if self.rep_grad:
             per_grads, grads = grads[0], grads[1]
@@ -126,4 +159,26 @@ class TorchJDWeighting(AbsWeighting):
         else:
             weights = self.weights_for(grads, **kwargs)
             self._backward_new_grads(weights, grads=grads)
+        return weights.detach()
+
+    def _backward_samples(self, losses: Sequence[torch.Tensor], **kwargs: Any) -> torch.Tensor:
+        """``losses``: one [task_num] loss vector per independent batch, each with its own graph. Each sample's
+        per-task gradients of the shared parameters in turn (the task-specific parameters' accumulate over the
+        samples), weights from ``G_a G_b^T``, update ``G_u^T w``."""
+        name = type(self).__name__
+        roles = self.SAMPLE_ROLES
+        if roles is None:
+            raise ConfigError(f"{name}: takes one batch per step (task losses [{self.task_num}]), got "
+                              f"{len(losses)} samples")
+        if len(losses) != max(roles) + 1:
+            raise ConfigError(f"{name}: takes {max(roles) + 1} gradient samples per step, got {len(losses)}")
+        if self.rep_grad:
+            # LibMTL main refuses it too: the samples' representations differ, so their gradients cannot combine.
+            raise ConfigError(f"{name}: gradient samples of several batches do not support representation "
+                              f"gradients (rep_grad=True)")
+        grads = [self._get_grads(sample, mode="backward") for sample in losses]
+        self.reduce_sample_gradients(len(grads))
+        a, b, u = roles
+        weights = self.weights_for_pair(grads[a], grads[b], **kwargs)
+        self._backward_new_grads(weights, grads=grads[u])
         return weights.detach()

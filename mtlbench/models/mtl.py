@@ -25,6 +25,7 @@ class CellModel:
     module: nn.Module
     backward_kwargs: dict[str, Any]
     hparams: dict[str, Any]   # everything the defaults table contributed, recorded with the run
+    samples: int = 1          # independent batches the weighting takes per step (MoDo, SDMGrad: 3)
 
 
 def build_mtl_model(architecture: str, weighting: str, decoder: str, *, num_classes: int, img_size: int,
@@ -39,7 +40,8 @@ def build_mtl_model(architecture: str, weighting: str, decoder: str, *, num_clas
     cls = compose(arch.obj, weight.obj)
     module = cls(task_name=list(TASKS), encoder_class=EncoderFactory(pretrained), decoders=decoders,
                  rep_grad=rep_grad, multi_input=False, device=device, **arch_kwargs).to(device)
+    samples = int(weight.trait("samples", 1))
     hparams = {"architecture": {k: v for k, v in arch_kwargs.items()}, "weighting": dict(kwargs),
-               "rep_grad": rep_grad, "decoder": dict(dec.defaults)}
-    return CellModel(module, kwargs, hparams)
+               "rep_grad": rep_grad, "decoder": dict(dec.defaults), "samples_per_step": samples}
+    return CellModel(module, kwargs, hparams, samples)
 

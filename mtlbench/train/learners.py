@@ -82,14 +82,22 @@ class Learner(Protocol):
     def end_epoch(self, epoch: int, mean_task_losses: np.ndarray) -> None: ...
 
 
+def samples_per_step(learner: Any) -> int:
+    """Batches the learner takes per optimizer step (1 unless it says otherwise, as MoDo's and SDMGrad's do)."""
+    return int(getattr(learner, "samples_per_step", 1))
+
+
 class MTLLearner:
     """A LibMTL architecture x weighting model: cross-entropy + MSE, the weighting's ``backward`` combines them."""
 
     task_names = ("cls", "reg")
 
     def __init__(self, module: nn.Module, backward_kwargs: dict, *, epochs: int, target_mean: float = 0.0,
-                 target_std: float = 1.0, amp: bool = False, compile: bool = False) -> None:
+                 target_std: float = 1.0, amp: bool = False, compile: bool = False, samples: int = 1) -> None:
+        if samples < 1:
+            raise ConfigError(f"samples per step must be at least 1, got {samples}")
         self.module = module
+        self.samples_per_step = samples
         self.forward = forward_fn(module, compile)
         self.backward_kwargs = backward_kwargs
         self.target_mean, self.target_std = float(target_mean), float(target_std)
@@ -112,20 +120,44 @@ class MTLLearner:
                    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Forward and the weighting's backward; returns (detached task losses, loss weights: float32 on the device,
         or None where the weighting returns none)."""
+        losses = self._task_losses(x, labels, targets)
+        weights = self._backward(losses)
+        return losses.detach(), weights
+
+    def train_step_samples(self, batches: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+                           ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One step on ``samples_per_step`` independent batches (x, labels, targets): the weighting's backward takes
+        their task losses as a list, one vector per batch, each with its own graph (MoDo, SDMGrad); returns (the
+        detached task losses' mean over the batches, loss weights or None). All the batches' graphs are held at
+        once, as LibMTL's trainer does."""
+        if len(batches) != self.samples_per_step:
+            raise ConfigError(f"this weighting takes {self.samples_per_step} batches per step, got {len(batches)}")
+        if len(batches) == 1:
+            return self.train_step(*batches[0])
+        losses = [self._task_losses(*batch) for batch in batches]
+        weights = self._backward(losses)
+        return torch.stack([loss.detach() for loss in losses]).mean(0), weights
+
+    def _task_losses(self, x: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         losses, _ = self._losses(x, labels, targets)
         penalty = getattr(self.module, "penalty", None)
         if callable(penalty):   # an architecture's own per-task regulariser (MTAL's eq. 7): part of each task's loss
             losses = losses + penalty()
+        return losses
+
+    def _backward(self, losses: torch.Tensor | list[torch.Tensor]) -> torch.Tensor | None:
+        """The weighting's backward of ``losses`` (a [task_num] tensor, or a list of them, one per batch); its loss
+        weights as float32 on the device, or None where it returns none."""
         weights = self.module.backward(losses, **self.backward_kwargs)
         if weights is None:
-            return losses.detach(), None
+            return None
         if isinstance(weights, torch.Tensor):  # mtlbench's own weightings: already on the device, no host sync
-            return losses.detach(), weights.detach().to(self.device, torch.float32).reshape(-1)
+            return weights.detach().to(self.device, torch.float32).reshape(-1)
         # LibMTL's stock weightings return numpy (their own device sync, if any, already happened); a non-blocking
         # host-to-device copy does not wait for the device.
         # copy=True: on CPU the tensor must not alias an array the weighting may update in place.
         host = torch.from_numpy(np.asarray(weights, dtype=np.float32).reshape(-1))
-        return losses.detach(), host.to(self.device, non_blocking=True, copy=True)
+        return host.to(self.device, non_blocking=True, copy=True)
 
     @torch.no_grad()
     def eval_batch(self, x, labels, targets):

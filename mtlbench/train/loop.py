@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -15,8 +15,9 @@ from mtlbench import faults
 from mtlbench.config import TrainingProtocol
 from mtlbench.errors import Diverged
 from mtlbench.metrics import task_metrics
-from mtlbench.train.checkpoint import attribute_state, load_attribute_state, load_rng_state, rng_state
-from mtlbench.train.learners import Learner, autocast_for
+from mtlbench.train.checkpoint import (CheckpointError, attribute_state, load_attribute_state, load_rng_state,
+                                       rng_state)
+from mtlbench.train.learners import Learner, autocast_for, samples_per_step
 
 ProgressFn = Callable[[str, dict[str, Any]], None]
 EpochFn = Callable[["Trainer"], None]
@@ -77,6 +78,7 @@ class Trainer:
         self.seed = seed
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(seed)
+        self.samples = samples_per_step(learner)
         self.state = TrainState()
 
     @property
@@ -84,6 +86,8 @@ class Trainer:
         return len(self.state.epochs)
 
     def steps_per_epoch(self) -> int:
+        """Optimizer steps per epoch: one per batch of the training split (capped by ``max_steps_per_epoch``). A
+        learner that takes k batches a step reads k passes of the data in an epoch, as LibMTL's trainer does."""
         n = self.data.num_batches("train", self.protocol.batch_size, drop_last=self._drop_last())
         cap = self.protocol.max_steps_per_epoch
         return min(n, cap) if cap else n
@@ -104,18 +108,26 @@ class Trainer:
         sync(self.device)
         t0 = time.perf_counter()
         n_images = 0
-        batches = self.data.batches("train", p.batch_size, shuffle=True, generator=self.generator, flip=p.flip,
-                                    channels_last=p.channels_last, drop_last=self._drop_last())
-        for step, (x, labels, targets, _) in enumerate(batches):
+        if self.samples == 1:
+            batches = self.data.batches("train", p.batch_size, shuffle=True, generator=self.generator, flip=p.flip,
+                                        channels_last=p.channels_last, drop_last=self._drop_last())
+            groups: Iterator[list[tuple]] = ([batch] for batch in batches)
+        else:
+            groups = self._sample_groups(steps)
+        for step, group in enumerate(groups):
             if step >= steps:
                 break
             self.optimizer.zero_grad(set_to_none=True)
-            losses, w = self.learner.train_step(x, labels, targets)
+            if self.samples == 1:
+                x, labels, targets, _ = group[0]
+                losses, w = self.learner.train_step(x, labels, targets)
+            else:
+                losses, w = self.learner.train_step_samples([batch[:3] for batch in group])
             if faults.hit("train_step", cell=self.name, epoch=epoch, step=step + 1) == "nan":
                 losses = losses * float("nan")
             self.optimizer.step()
             loss_sum += losses
-            n_images += x.shape[0]
+            n_images += sum(batch[0].shape[0] for batch in group)
             if w is not None:
                 weights.append(torch.as_tensor(w, device=self.device).reshape(-1))
             self.progress("step", {"epoch": epoch, "step": step + 1, "steps": steps})
@@ -156,6 +168,22 @@ class Trainer:
                                            "weight_std": float(w[:, i].std())})
         self.progress("epoch", record)
         return record
+
+    def _sample_groups(self, steps: int) -> Iterator[list[tuple]]:
+        """``steps`` groups of ``self.samples`` consecutive batches of one shuffled stream of training passes, each
+        pass reshuffled by the run's generator (LibMTL's trainer draws MoDo's and SDMGrad's three batches so). The
+        stream starts afresh each epoch, so an epoch's batches depend only on the generator's state at its start,
+        which a checkpoint saves."""
+        p = self.protocol
+
+        def passes() -> Iterator[tuple]:
+            while True:
+                yield from self.data.batches("train", p.batch_size, shuffle=True, generator=self.generator,
+                                             flip=p.flip, channels_last=p.channels_last, drop_last=self._drop_last())
+
+        stream = passes()
+        for _ in range(steps):
+            yield [next(stream) for _ in range(self.samples)]
 
     @torch.no_grad()
     def reestimate_batchnorm(self, batches: int) -> None:
@@ -223,9 +251,13 @@ class Trainer:
         """Everything needed to continue exactly here: see :mod:`mtlbench.train.checkpoint`."""
         return {"module": self.module.state_dict(), "attributes": attribute_state(self.module),
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "rng": rng_state(self.generator), "history": self.state}
+                "rng": rng_state(self.generator), "history": self.state, "samples_per_step": self.samples}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        saved = state.get("samples_per_step", 1)   # checkpoints written before three-batch steps took one batch
+        if saved != self.samples:
+            raise CheckpointError(f"the checkpoint trained with {saved} batch(es) per step and this run takes "
+                                  f"{self.samples}: it cannot continue it (delete the checkpoint to start afresh)")
         self.module.load_state_dict(state["module"])
         load_attribute_state(self.module, state["attributes"])
         self.optimizer.load_state_dict(state["optimizer"])

@@ -23,6 +23,7 @@ from method_probes import (
     TinyResNet,
     build,
     contract_model,
+    contract_input,
     contract_step,
     past_first_epochs,
     task_losses,
@@ -134,6 +135,38 @@ def test_shared_gradient_is_a_conic_combination_of_the_task_gradients(entry, pai
     assert residual <= tol, (entry.name, CONIC[entry.name], residual, tol)                   # (c)
 
 
+SAMPLED = [e for e in WEIGHTINGS if e.trait("samples", 1) > 1]
+
+
+def test_sampled_weightings_take_the_batches_the_registry_says():
+    """The trait ``samples`` (what the trainer draws) and the class's sample roles (what its backward reads) agree."""
+    for entry in WEIGHTINGS:
+        roles = getattr(entry.obj, "SAMPLE_ROLES", None)
+        assert entry.trait("samples", 1) == (max(roles) + 1 if roles else 1), entry.name
+    assert {e.name for e in SAMPLED} >= {"MoDo", "SDMGrad"}
+
+
+@pytest.mark.parametrize("pair", list(GRADIENT_PAIRS))
+@pytest.mark.parametrize("entry", SAMPLED, ids=weighting_ids(SAMPLED))
+def test_sampled_step_is_finite_and_conic(entry, pair):
+    """(a)-(c) for a step on ``samples`` batches (a list of loss vectors, each with its own graph)."""
+    grads = torch.tensor(GRADIENT_PAIRS[pair], dtype=torch.float32)
+    seed_everything()
+    model = contract_model(entry.obj, grads)
+    model.zero_grad(set_to_none=True)
+    losses = []
+    for _ in range(entry.trait("samples")):
+        out = model(contract_input(model))
+        losses.append(torch.stack([out[t].sum() for t in model.task_name]))
+    w = model.backward(losses, **entry.defaults)
+    check_weights(entry, w, torch.device("cpu"))
+    shared = model.encoder.theta.grad
+    assert shared is not None and torch.isfinite(shared).all(), shared
+    if entry.name in CONIC:
+        residual, tol = cone_residual(grads, shared)
+        assert residual <= tol, (entry.name, residual, tol)
+
+
 def test_the_cone_check_rejects_a_non_conic_gradient():
     """The tolerance separates: GradDrop's per-coordinate masks leave the cone by far more than float32 rounding, and
     a combination with a negative weight is outside it."""
@@ -165,10 +198,14 @@ def test_weighting_trains_hps(entry):
     optimizer = torch.optim.Adam(model.parameters(), lr=0.02)
     x, y_cls, y_reg = toy_problem()
     history = []
+    samples = entry.trait("samples", 1)
     for step in range(15):
         optimizer.zero_grad(set_to_none=True)
         losses = task_losses(model, x, y_cls, y_reg)
         history.append(float(losses.detach().sum()))
+        if samples > 1:   # as many batches as it takes a step: the toy set's thirds, each with its own graph
+            losses = [task_losses(model, xs, cs, rs) for xs, cs, rs in
+                      zip(x.chunk(samples), y_cls.chunk(samples), y_reg.chunk(samples))]
         w = model.backward(losses, **entry.defaults)
         if step == 0:
             for name, p in model.named_parameters():

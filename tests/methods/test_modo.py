@@ -1,6 +1,6 @@
 """MoDo through torchjd: the weights are torchjd's over a sequence of steps, each step is the paper's projected
 update of lambda, lambda converges to MGDA's min-norm weights on a fixed Gramian, options are checked, a model
-steps, and lambda survives a checkpoint."""
+steps, lambda survives a checkpoint, and a step on three batches weighs with G_1 G_2^T and steps along G_3."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import io
 
 import pytest
 import torch
+from method_probes import probe_losses, probe_model
 from torchjd.aggregation import MoDoWeighting
 
 from mtlbench.errors import ConfigError
@@ -96,3 +97,65 @@ def test_state_survives_the_checkpoint_attribute_saver():
     load_attribute_state(resumed, torch.load(buffer, weights_only=False))
     for G, e in zip(seq[2:], expected[2:]):
         torch.testing.assert_close(resumed.weights_for(G, **opts), e)
+
+
+# -- three batches a step (LibMTL main's trainer draws three for MoDo) ------------------------------------------
+
+def sample_losses(model, samples: list[torch.Tensor]) -> list[torch.Tensor]:
+    """One loss vector per batch, each with its own graph: sample k's shared gradients are exactly ``samples[k]``."""
+    return [probe_losses(model, G) for G in samples]
+
+
+@pytest.mark.parametrize("m", [2, 3])
+def test_three_samples_weigh_with_g1_g2_and_step_along_g3(m):
+    """lambda follows torchjd on G_1 G_2^T (the paper's double-sampled estimate), the shared gradient is G_3^T lambda,
+    and the decoders' gradients are their mean over the three batches (LibMTL main's MoDo), over several steps."""
+    opts = {"MoDo_gamma": 0.3, "MoDo_rho": 0.1}
+    draws = sequence(m, steps=12)
+    model, direct = probe_model(MoDo, draws[0]), MoDoWeighting(gamma=0.3, rho=0.1)
+    for step in range(4):
+        G1, G2, G3 = draws[3 * step:3 * step + 3]
+        model.zero_grad(set_to_none=True)
+        w = model.backward(sample_losses(model, [G1, G2, G3]), **opts)
+        expected = direct(G1 @ G2.T)
+        torch.testing.assert_close(w, expected)
+        torch.testing.assert_close(model.encoder.theta.grad, G3.T @ expected)
+        for t in model.task_name:   # each head's loss term has gradient 1 per batch: the mean is 1, the sum 3
+            torch.testing.assert_close(model.decoders[t].weight.grad, torch.ones_like(model.decoders[t].weight))
+
+
+def test_three_samples_differ_from_one_sample():
+    """With independent batches the matrix is G_1 G_2^T, not a Gramian: the weights differ from one batch's."""
+    G1, G2, G3 = sequence(2, steps=3)
+    one = probe_model(MoDo, G1)
+    three = probe_model(MoDo, G1)
+    w_one = one.backward(probe_losses(one, G1), MoDo_gamma=1.0, MoDo_rho=0.0)
+    w_three = three.backward(sample_losses(three, [G1, G2, G3]), MoDo_gamma=1.0, MoDo_rho=0.0)
+    assert not torch.allclose(w_one, w_three)
+
+
+def test_three_samples_refuse_representation_gradients_and_other_counts():
+    G = sequence(2, steps=3)
+    model = probe_model(MoDo, G[0])
+    with pytest.raises(ConfigError, match="takes 3 gradient samples per step, got 2"):
+        model.backward(sample_losses(model, G[:2]), **MODO_DEFAULTS)
+    with pytest.raises(ConfigError, match=r"backward takes the task losses \[2\], or a list"):
+        model.backward(torch.stack(sample_losses(model, G)), **MODO_DEFAULTS)
+    model.rep_grad = True
+    with pytest.raises(ConfigError, match=r"do not support representation gradients \(rep_grad=True\)"):
+        model.backward(sample_losses(model, G), **MODO_DEFAULTS)
+
+
+def test_registry_says_three_batches_and_the_cell_records_it():
+    from mtlbench.methods.registry import WEIGHTINGS
+    from mtlbench.models.mtl import build_mtl_model
+
+    assert WEIGHTINGS.entry("MoDo").trait("samples") == 3 and MoDo.SAMPLE_ROLES == (0, 1, 2)
+    built = build_mtl_model("HPS", "MoDo", "decoder1", num_classes=3, img_size=32, device=torch.device("cpu"))
+    assert built.samples == 3 and built.hparams["samples_per_step"] == 3
+
+
+def test_end_to_end_three_batch_step(hps_step):
+    w, model = hps_step("MoDo", samples=3, MoDo_gamma=0.01)
+    assert w.shape == (2,) and torch.isfinite(w).all() and torch.isclose(w.sum(), torch.tensor(1.0))
+    torch.testing.assert_close(model._modo_lambda, w)

@@ -1,6 +1,7 @@
 """SDMGrad through torchjd: the weights are torchjd's over a sequence of steps, they are (w + lambda/m)/(1 + lambda)
 with w on the simplex, lambda = 0 tends to MGDA's min-norm weights and a large lambda to the average, options are
-checked, a model steps, and w survives a checkpoint."""
+checked, a model steps, w survives a checkpoint, and a step on three batches solves on the xi pair, steps along
+zeta and stays on the simplex where float32 would not."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import io
 
 import pytest
 import torch
+from method_probes import probe_losses, probe_model
 from torchjd.aggregation import SDMGradWeighting
 
 from mtlbench.errors import ConfigError
@@ -105,3 +107,55 @@ def test_state_survives_the_checkpoint_attribute_saver():
     load_attribute_state(resumed, torch.load(buffer, weights_only=False))
     for G, e in zip(seq[2:], expected[2:]):
         torch.testing.assert_close(resumed.weights_for(G, SDMGrad_niter=3), e)
+
+
+# -- three batches a step (LibMTL main's trainer draws three for SDMGrad) ---------------------------------------
+
+@pytest.mark.parametrize("m", [2, 3])
+def test_three_samples_weigh_with_xi_pair_and_step_along_zeta(m):
+    """LibMTL main's order: the first batch (zeta) gives the update, the second and third (xi, xi') the matrix
+    torchjd solves on; w carries across steps; the decoders keep the sum of their three batches' gradients."""
+    opts = {"SDMGrad_niter": 5}
+    draws = sequence(m, steps=12)
+    model = probe_model(SDMGrad, draws[0])
+    direct = SDMGradWeighting(lr=5.0, momentum=0.5, n_iter=5, lambda_=0.3)
+    for step in range(4):
+        zeta, xi, xi2 = draws[3 * step:3 * step + 3]
+        model.zero_grad(set_to_none=True)
+        w = model.backward([probe_losses(model, G) for G in (zeta, xi, xi2)], **opts)
+        expected = direct(xi @ xi2.T)
+        torch.testing.assert_close(w, expected)
+        torch.testing.assert_close(model.encoder.theta.grad, zeta.T @ expected)
+        for t in model.task_name:   # each head's loss term has gradient 1 per batch: summed over three, 3
+            torch.testing.assert_close(model.decoders[t].weight.grad, torch.full_like(model.decoders[t].weight, 3.0))
+
+
+def test_a_negative_diagonal_stays_on_the_simplex():
+    """Two batches whose gradients disagree for every task give A = G_xi G_xi'^T a negative diagonal; the
+    normalisation then divides by 1e-8. Solved in float64 (LibMTL projects in float64), w stays on the simplex
+    and equals the float64 solution; torchjd on the float32 matrix loses every digit and returns w = 0."""
+    xi = torch.tensor([[1.0, 0.5, 0.0], [0.2, -1.0, 0.4]])
+    xi2 = -xi + 0.01
+    ours = SDMGrad()
+    weights = ours.weights_for_pair(xi, xi2)
+    assert weights.dtype == torch.float32
+    w = ours._sdmgrad_w
+    assert (w >= 0).all() and torch.isclose(w.sum(), torch.tensor(1.0, dtype=w.dtype))
+    reference = SDMGradWeighting(lr=5.0, momentum=0.5, n_iter=20, lambda_=0.3)
+    torch.testing.assert_close(weights, reference((xi @ xi2.T).double()).float())
+    float32 = SDMGradWeighting(lr=5.0, momentum=0.5, n_iter=20, lambda_=0.3)
+    float32(xi @ xi2.T)
+    assert float(float32._w.sum()) < 0.5   # why the solve is in float64
+
+
+def test_registry_says_three_batches():
+    from mtlbench.methods.registry import WEIGHTINGS
+
+    assert WEIGHTINGS.entry("SDMGrad").trait("samples") == 3 and SDMGrad.SAMPLE_ROLES == (1, 2, 0)
+
+
+def test_end_to_end_three_batch_step(hps_step):
+    w, model = hps_step("SDMGrad", samples=3)
+    assert w.shape == (2,) and torch.isfinite(w).all() and torch.isclose(w.sum(), torch.tensor(1.0))
+    w_simplex = model._sdmgrad_w
+    assert (w_simplex >= 0).all() and torch.isclose(w_simplex.sum(), torch.tensor(1.0, dtype=w_simplex.dtype))
