@@ -6,7 +6,8 @@ fix here and a test in ``tests/test_libmtl_compat.py``:
 1. ``import LibMTL`` fails: ``LibMTL.model.resnet`` imports ``torchvision.models.utils``, which torchvision removed.
    Fix: register a module of that name exposing ``load_state_dict_from_url`` (from ``torch.hub``) before importing.
 2. ``AbsWeighting._grad2vec`` builds every task gradient in a CPU tensor and ``_compute_grad`` copies it back to
-   the device each step. Fix: :class:`DeviceGradients` flattens with ``torch.cat`` on the parameters' device.
+   the device each step. Fix: :class:`DeviceGradients` flattens with ``torch.cat`` on the parameters' device,
+   straight into its row of the gradient matrix.
 3. ``_reset_grad`` writes ``param.grad.data``, which fails when ``zero_grad(set_to_none=True)`` (torch's default)
    left ``param.grad`` as ``None``. Fix: assign ``param.grad`` directly.
 4. ``_grad2vec`` skips parameters without a gradient but ``autograd`` mode fails on unused parameters.
@@ -28,7 +29,9 @@ fix here and a test in ``tests/test_libmtl_compat.py``:
 11. ``_reset_grad`` writes each shared gradient as a contiguous view of the combined vector. For a channels-last
     parameter that gradient has other strides than its parameter, and fused Adam on CUDA refuses the step ("params,
     grads, exp_avgs, and exp_avg_sqs must have same dtype, device, and layout"): every gradient weighting failed on
-    an H200 with ``--channels-last``. Fix: the gradient is written into ``empty_like(param)`` (quirk 3's override).
+    an H200 with ``--channels-last``. Fix: a gradient that would have other strides than its parameter is written
+    into ``empty_like(param)``; the others are views of the combined vector, which costs no copy (quirk 3's
+    override).
 """
 
 from __future__ import annotations
@@ -86,29 +89,31 @@ class DeviceGradients:
         self.grad_index = [p.numel() for p in self.get_share_params()]
         self.grad_dim = sum(self.grad_index)
 
-    def _grad2vec(self) -> torch.Tensor:  # quirk 2 and 4
+    def _grad2vec(self, out: torch.Tensor | None = None) -> torch.Tensor:  # quirk 2 and 4
         parts = [p.grad.reshape(-1) if p.grad is not None else torch.zeros(p.numel(), device=p.device,
                                                                                 dtype=p.dtype)
                  for p in self.get_share_params()]
-        return torch.cat(parts)
+        return torch.cat(parts) if out is None else torch.cat(parts, out=out)
 
     def _compute_grad(self, losses: torch.Tensor, mode: str, rep_grad: bool = False) -> Any:
         if rep_grad:
             return AbsWeighting._compute_grad(self, losses, mode, rep_grad=True)  # type: ignore[arg-type]
-        rows = []
+        params = list(self.get_share_params())
+        # Each task's row is flattened straight into the [task_num, grad_dim] matrix: no stack copy of it.
+        grads = torch.empty(self.task_num, sum(p.numel() for p in params), device=params[0].device,
+                            dtype=params[0].dtype)
         for tn in range(self.task_num):
             if mode == "backward":
                 losses[tn].backward(retain_graph=(tn + 1) != self.task_num)
-                rows.append(self._grad2vec())
+                self._grad2vec(out=grads[tn])
             elif mode == "autograd":
-                params = list(self.get_share_params())
-                grads = torch.autograd.grad(losses[tn], params, retain_graph=True, allow_unused=True)
-                rows.append(torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1)
-                                       for g, p in zip(grads, params)]))
+                row = torch.autograd.grad(losses[tn], params, retain_graph=True, allow_unused=True)
+                torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(row, params)],
+                          out=grads[tn])
             else:
                 raise ValueError(f"No support {mode} mode for gradient computation")
             self.zero_grad_share_params()
-        return torch.stack(rows)
+        return grads
 
     def zero_grad_share_params(self) -> None:  # quirk 8
         for p in self.get_share_params():
@@ -118,12 +123,19 @@ class DeviceGradients:
         return AbsArchitecture._prepare_rep(self, rep, task, same_rep=False)  # type: ignore[arg-type]
 
     def _reset_grad(self, new_grads: torch.Tensor) -> None:  # quirks 3 and 11
+        """Set each shared parameter's gradient from the combined vector, which the call takes over: a contiguous
+        parameter's gradient is a view of it (no copy; every caller passes a vector computed for this step and
+        never writes to it afterwards)."""
+        new_grads = new_grads.contiguous()
         offset = 0
         for p in self.get_share_params():
             n = p.numel()
-            # The gradient takes the parameter's own strides (empty_like keeps channels-last): fused Adam on CUDA
-            # refuses a gradient whose layout differs from its parameter's.
-            p.grad = torch.empty_like(p).copy_(new_grads[offset:offset + n].view(p.shape))
+            grad = new_grads[offset:offset + n].view(p.shape)
+            if grad.stride() != p.stride():
+                # The gradient takes the parameter's own strides (empty_like keeps channels-last): fused Adam on
+                # CUDA refuses a gradient whose layout differs from its parameter's.
+                grad = torch.empty_like(p).copy_(grad)
+            p.grad = grad
             offset += n
 
 

@@ -79,6 +79,8 @@ def test_quirk3_reset_grad_works_when_grads_are_none():
     m._reset_grad(vec)
     flat = torch.cat([p.grad.reshape(-1) for p in m.get_share_params()])
     torch.testing.assert_close(flat, vec)
+    # contiguous parameters' gradients are views of the combined vector: no copy of it
+    assert all(p.grad.untyped_storage().data_ptr() == vec.untyped_storage().data_ptr() for p in m.get_share_params())
     with pytest.raises(AttributeError):  # the stock method fails on grad=None
         stock = build(A.HPS, W.EW, mixin=False)
         for p in stock.parameters():

@@ -50,9 +50,9 @@ class ExcessMTL(TorchJDWeighting):
     ``alpha_i <- alpha_i exp(eta E_i) / sum_j alpha_j exp(eta E_j)`` (Eq. 9). The weights come from torchjd's
     ``ExcessMTLWeighting`` on the gradient matrix G itself.
 
-    As in LibMTL main, the update is the weighted loss ``sum_i alpha_i L_i`` back-propagated through the whole model
+    As in LibMTL main, the update is the gradient of the weighted loss ``sum_i alpha_i L_i`` through the whole model
     (the task-specific parts get ``alpha_i``-scaled gradients too), not the generic adapter's "shared parameters
-    only" rewrite. With ``rep_grad`` the weights come from the batch-summed representation gradients (as in LibMTL)
+    only" rewrite. It is assembled from the per-task backward passes the weights need (LibMTL runs a third pass). With ``rep_grad`` the weights come from the batch-summed representation gradients (as in LibMTL)
     and are applied there, the decoders keeping their unweighted task gradients.
 
     Divergence from LibMTL main, following the paper: the weights lie on the probability simplex (start at
@@ -96,7 +96,33 @@ class ExcessMTL(TorchJDWeighting):
     def backward(self, losses: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         if self.rep_grad:
             return super().backward(losses, **kwargs)
-        grads = self._get_grads(losses, mode="autograd")
+        # The gradient of sum_i alpha_i L_i in the backward passes the weights need, one per task, instead of a
+        # third pass through the whole model: each task's pass yields its row of G (the shared parameters) and
+        # its gradients of every other parameter, kept apart until the weights are known.
+        shared = {id(p) for p in self.get_share_params()}
+        others = [p for p in self.parameters() if p.requires_grad and id(p) not in shared]
+        before = [p.grad for p in others]   # the task-specific gradients add to these, as a plain backward does
+        per_task: list[list[torch.Tensor | None]] = []
+        rows = []
+        for p in others:
+            p.grad = None
+        for tn in range(self.task_num):
+            losses[tn].backward(retain_graph=(tn + 1) != self.task_num)
+            rows.append(self._grad2vec())
+            self.zero_grad_share_params()
+            per_task.append([p.grad for p in others])
+            for p in others:
+                p.grad = None
+        self._compute_grad_dim()
+        grads = torch.stack(rows)
         weights = self.weights_for(grads, **kwargs)
-        (losses * weights.to(dtype=losses.dtype)).sum().backward()
+        self._backward_new_grads(weights, grads=grads)
+        for j, p in enumerate(others):
+            total = before[j]
+            for tn in range(self.task_num):
+                g = per_task[tn][j]
+                if g is not None:
+                    g = g.mul_(weights[tn].to(g.dtype))
+                    total = g if total is None else total.add_(g)
+            p.grad = total
         return weights.detach()
