@@ -52,11 +52,13 @@ class CAGrad(libmtl_weighting.CAGrad):
 
         res = minimize(objfn, x_start, bounds=[(0, 1)] * self.task_num,
                        constraints=({"type": "eq", "fun": lambda x: 1 - sum(x)},))
-        ww = torch.as_tensor(res.x, dtype=grads.dtype, device=grads.device)
-        gw = (grads * ww.view(-1, 1)).sum(0)
-        g = grads.mean(0) + c / (gw.norm() + 1e-8) * gw
         scale = {0: 1.0, 1: 1 + calpha ** 2, 2: 1 + calpha}
         if rescale not in scale:
             raise ValueError(f"No support rescale type {rescale}")
-        self._reset_grad(g / scale[rescale])
+        # g = mean(G) + c g_w / |g_w| with g_w = w^T G, as coefficients of the task gradients: |g_w| from the
+        # Gramian, and one w'^T G instead of LibMTL's [task_num, n] temporaries.
+        ww = torch.as_tensor(res.x, dtype=torch.float64)
+        gw_norm = float((ww @ gg @ ww).clamp(min=0.0).sqrt())
+        coef = (1.0 / self.task_num + c / (gw_norm + 1e-8) * ww) / scale[rescale]
+        self._reset_grad(coef.to(device=grads.device, dtype=grads.dtype) @ grads)
         return res.x

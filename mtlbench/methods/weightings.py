@@ -1,5 +1,6 @@
 """LibMTL 1.1.5's own weightings, registered with typed options (LibMTL's customary defaults). The methods written
-here (Nash-MTL, MoCo, Aligned-MTL, CAGrad for any task count, and the landscape's) register in their own files.
+here (Nash-MTL, MoCo, Aligned-MTL, CAGrad for any task count, PCGrad, GradVac and IMTL computed from the Gramian,
+and the landscape's) register in their own files.
 
 An entry's options are the keyword arguments its ``backward`` reads; specs are checked against them and runs record
 them.
@@ -34,11 +35,6 @@ class DWAOptions:
 @dataclass(frozen=True)
 class GradDropOptions:
     leak: float = 0.0       # fraction of the dropped gradient kept
-
-
-@dataclass(frozen=True)
-class GradVacOptions:
-    beta: float = 0.5       # EMA rate of the target cosine similarity
 
 
 RLW_DISTRIBUTIONS = ("Uniform", "Normal", "Dirichlet", "Bernoulli", "constrained_Bernoulli")
@@ -82,17 +78,6 @@ WEIGHTINGS.add("GradDrop", W.GradDrop, options=GradDropOptions, library=LIBMTL, 
                conic=False, rep_grad=True,
                reference="Chen et al., Just Pick a Sign: Gradient Sign Dropout, NeurIPS 2020",
                summary="drops gradient signs by their consistency (on representation gradients)")
-WEIGHTINGS.add("PCGrad", W.PCGrad, options=NoOptions, library=LIBMTL, gradients=True,
-               conic='each projection subtracts g_ij / |g_j|^2 g_j with g_ij < 0: every coefficient only grows from 1',
-               reference="Yu et al., Gradient Surgery for Multi-Task Learning, NeurIPS 2020",
-               summary="projects away conflicting gradient components")
-WEIGHTINGS.add("GradVac", W.GradVac, options=GradVacOptions, library=LIBMTL, gradients=True,
-               conic='each adjustment adds a positive multiple of g_j (rho_ij < rho_T gives a positive coefficient)',
-               reference="Wang et al., Gradient Vaccine, ICLR 2021", summary="aligns gradient similarity to an EMA target")
-WEIGHTINGS.add("IMTL", W.IMTL, options=NoOptions, library=LIBMTL, gradients=True,
-               conic='with two tasks alpha_i = |g_j| / (|g_1| + |g_2|) > 0 (not promised for three or more tasks)',
-               reference="Liu et al., Towards Impartial Multi-task Learning, ICLR 2021",
-               summary="equal projections of the aggregate on each task gradient + learned loss scales")
 WEIGHTINGS.add("RLW", W.RLW, options=RLWOptions, library=LIBMTL, gradients=False,
                conic="loss weights softmax of a random draw (default dist 'Normal') > 0",
                reference="Lin et al., Reasonable Effectiveness of Random Weighting, TMLR 2022 (arXiv:2111.10603)",
