@@ -39,6 +39,7 @@ from mtlbench.models.decoders import build_decoder
 from mtlbench.models.encoder import EncoderFactory
 from mtlbench.fastcar.learner import FastCARLearner
 from mtlbench.fastcar.model import Regressor
+from mtlbench.heap import keep_freed_blocks
 from mtlbench.models.mtl import build_mtl_model
 from mtlbench.train.learners import MTLLearner
 from mtlbench.train.loop import make_adam
@@ -109,6 +110,7 @@ def main() -> None:
     ap.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA, or a CPU with native bf16)")
     ap.add_argument("--compile", action="store_true", help="torch.compile mtlbench's models (warm-up compiles)")
     args = ap.parse_args()
+    keep_freed_blocks()   # as the mtlbench CLI does: freed gradient buffers are reused, not faulted afresh
 
     device, side, steps, block = timing_settings(args, CPU_STEPS)
     check_amp(device, args.amp)

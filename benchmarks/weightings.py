@@ -34,6 +34,7 @@ import torch
 from mtlbench.data import DeviceData, resolve_dataset
 from mtlbench.environment import check_amp, device_name
 from mtlbench.errors import ConfigError
+from mtlbench.heap import keep_freed_blocks
 from mtlbench.methods.architectures import ARCHITECTURES
 from mtlbench.methods.weightings import WEIGHTINGS
 from mtlbench.models.decoders import DECODERS
@@ -181,6 +182,7 @@ def main() -> None:
     ap.add_argument("--channels-last", action="store_true")
     ap.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA, or a CPU with native bf16)")
     args = ap.parse_args()
+    keep_freed_blocks()   # as the mtlbench CLI does: freed gradient buffers are reused, not faulted afresh
 
     device, side, steps, block = timing_settings(args, CPU_STEPS)
     try:

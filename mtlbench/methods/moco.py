@@ -124,9 +124,11 @@ class MoCo(AbsWeighting):
         k = float(self.moco_k)
         beta_k = opts["MoCo_beta"] / k ** opts["MoCo_beta_sigma"]
         gamma_k = opts["MoCo_gamma"] / k ** opts["MoCo_gamma_sigma"]
-        self.moco_y = self.moco_y - beta_k * (self.moco_y - grads)
+        # y <- y - beta_k (y - g), in place: one pass over the [task_num, n] tracker, no temporaries of its size.
+        self.moco_y.lerp_(grads, beta_k)
         lam = self.moco_lambda
-        step = self.moco_y @ (self.moco_y.t() @ lam) + opts["MoCo_rho"] * lam  # (Y Y^T + rho I) lambda
+        # (Y Y^T + rho I) lambda through the m x m Gramian: one pass over Y instead of two.
+        step = (self.moco_y @ self.moco_y.t()) @ lam + opts["MoCo_rho"] * lam
         update = project_simplex if opts["MoCo_lambda_update"] == "projection" else _softmax
         self.moco_lambda = update(lam - gamma_k * step)
         return self.moco_y.t() @ self.moco_lambda

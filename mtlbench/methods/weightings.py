@@ -1,5 +1,5 @@
 """LibMTL 1.1.5's own weightings, registered with typed options (LibMTL's customary defaults). The methods written
-here (Nash-MTL, MoCo, Aligned-MTL, CAGrad for any task count, PCGrad, GradVac and IMTL computed from the Gramian,
+here (Nash-MTL, MoCo, Aligned-MTL, CAGrad for any task count, PCGrad, GradVac, IMTL and MGDA computed from the Gramian,
 and the landscape's) register in their own files.
 
 An entry's options are the keyword arguments its ``backward`` reads; specs are checked against them and runs record
@@ -8,7 +8,7 @@ them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, make_dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from mtlbench.libmtl_compat import libmtl_weighting as W
@@ -45,24 +45,12 @@ class RLWOptions:
     dist: str = field(default="Normal", metadata={"choices": RLW_DISTRIBUTIONS})   # the weights' distribution
 
 
-def _mgda_options(gn: str) -> type:
-    # the normalisation is what tells the three MGDA entries apart: each accepts only its own
-    return make_dataclass(f"MGDAOptions_{gn.replace('+', 'plus')}",
-                          [("mgda_gn", str, field(default=gn, metadata={"choices": (gn,)}))], frozen=True)
-
-
 WEIGHTINGS.add("EW", W.EW, options=NoOptions, library=LIBMTL, gradients=False,
                conic='sum of the losses: w = 1',
                reference="equal weighting (uniform sum of task losses)", summary="sum of losses")
 WEIGHTINGS.add("GradNorm", W.GradNorm, options=GradNormOptions, library=LIBMTL, gradients=True,
                conic='loss weights task_num * softmax(loss_scale) > 0 applied to the task gradients',
                reference="Chen et al., GradNorm, ICML 2018", summary="balances gradient norms by training rates")
-for _gn in ("loss", "loss+", "l2"):
-    WEIGHTINGS.add(f"MGDA-{_gn}", W.MGDA, options=_mgda_options(_gn), library=LIBMTL, gradients=True,
-                   conic=f"min-norm point on the simplex of the task gradients, each divided by its positive "
-                         f"'{_gn}' normaliser",
-                   reference="Sener & Koltun, Multi-Task Learning as Multi-Objective Optimization, NeurIPS 2018",
-                   summary=f"min-norm point of the task gradients, gradient normalisation '{_gn}'")
 WEIGHTINGS.add("UW", W.UW, options=NoOptions, library=LIBMTL, gradients=False,
                conic='loss weights 1 / (2 exp(s_i)) > 0 (the log term does not touch the shared parameters)',
                reference="Kendall et al., Multi-Task Learning Using Uncertainty to Weigh Losses, CVPR 2018",

@@ -251,24 +251,27 @@ def graddrop_leak_one_equals_ew(model: nn.Module, reference: nn.Module, x: torch
 # ---------------------------------------------------------------------------------------------------------------
 
 def assert_equals_stock(ours: type, stock: type, task_num: int, seed: int, steps: int = 4, rtol: float = 1e-7,
-                        **kwargs) -> None:
+                        offset: torch.Tensor | None = None, dtype: torch.dtype = torch.float64, **kwargs) -> None:
     """``ours`` and LibMTL's ``stock`` class on the probe, over ``steps`` steps of random task gradients (float64),
     with the same ``random`` draws: equal shared gradients and weights to ``rtol`` (float64 rounding by default; a
-    method with float32 state passes a bound for that state's rounding)."""
+    method with float32 state passes a bound for that state's rounding). ``offset`` is added to the losses; ``dtype``
+    float32 for a stock class that runs only in float32."""
     import random
 
     gen = torch.Generator().manual_seed(seed)
     seq = [random_jacobian(task_num, 20, seed + 100 * k) * torch.randn(task_num, 1, generator=gen, dtype=torch.float64)
            .sign() for k in range(steps)]
-    a, b = probe_model(ours, seq[0]), probe_model(stock, seq[0])
+    seq = [G.to(dtype) for G in seq]
+    offset = offset.to(dtype) if offset is not None else None
+    a, b = probe_model(ours, seq[0]).to(dtype), probe_model(stock, seq[0]).to(dtype)
     b.load_state_dict(a.state_dict())
     for k, G in enumerate(seq):
         random.seed(seed * 1000 + k)
-        g_a, w_a = probe_step(a, G, **kwargs)
+        g_a, w_a = probe_step(a, G, offset, **kwargs)
         random.seed(seed * 1000 + k)
         for p in b.parameters():
             p.grad = None
-        w_b = np.asarray(b.backward(probe_losses(b, G), **kwargs), dtype=np.float64)
+        w_b = np.asarray(b.backward(probe_losses(b, G, offset), **kwargs), dtype=np.float64)
         g_b = b.encoder.theta.grad
         torch.testing.assert_close(g_a, g_b, rtol=rtol, atol=rtol * 1e-2 * float(g_b.abs().max()))
         np.testing.assert_allclose(w_a, w_b, rtol=rtol, atol=rtol * 1e-2)
