@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import sys
 import types
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -95,7 +95,10 @@ class DeviceGradients:
                  for p in self.get_share_params()]
         return torch.cat(parts) if out is None else torch.cat(parts, out=out)
 
-    def _compute_grad(self, losses: torch.Tensor, mode: str, rep_grad: bool = False) -> Any:
+    def _compute_grad(self, losses: torch.Tensor, mode: str, rep_grad: bool = False,
+                      after_task: Callable[[int], None] | None = None) -> Any:
+        """LibMTL's contract ([task_num, grad_dim] shared gradients); ``after_task(tn)``, if given, runs after task
+        tn's backward, while every other parameter still holds what that pass left (ExcessMTL keeps them)."""
         if rep_grad:
             return AbsWeighting._compute_grad(self, losses, mode, rep_grad=True)  # type: ignore[arg-type]
         params = list(self.get_share_params())
@@ -112,6 +115,8 @@ class DeviceGradients:
                           out=grads[tn])
             else:
                 raise ValueError(f"No support {mode} mode for gradient computation")
+            if after_task is not None:
+                after_task(tn)
             self.zero_grad_share_params()
         return grads
 

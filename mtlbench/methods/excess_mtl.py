@@ -52,8 +52,9 @@ class ExcessMTL(TorchJDWeighting):
 
     As in LibMTL main, the update is the gradient of the weighted loss ``sum_i alpha_i L_i`` through the whole model
     (the task-specific parts get ``alpha_i``-scaled gradients too), not the generic adapter's "shared parameters
-    only" rewrite. It is assembled from the per-task backward passes the weights need (LibMTL runs a third pass). With ``rep_grad`` the weights come from the batch-summed representation gradients (as in LibMTL)
-    and are applied there, the decoders keeping their unweighted task gradients.
+    only" rewrite. It is assembled from the per-task backward passes the weights need (LibMTL runs a third pass).
+    With ``rep_grad`` the weights come from the batch-summed representation gradients (as in LibMTL) and are
+    applied there, the decoders keeping their unweighted task gradients.
 
     Divergence from LibMTL main, following the paper: the weights lie on the probability simplex (start at
     ``1/m``, sum to 1, Eq. 9 and torchjd), where LibMTL starts them at 1 and renormalises them to sum to the task
@@ -103,18 +104,16 @@ class ExcessMTL(TorchJDWeighting):
         others = [p for p in self.parameters() if p.requires_grad and id(p) not in shared]
         before = [p.grad for p in others]   # the task-specific gradients add to these, as a plain backward does
         per_task: list[list[torch.Tensor | None]] = []
-        rows = []
-        for p in others:
-            p.grad = None
-        for tn in range(self.task_num):
-            losses[tn].backward(retain_graph=(tn + 1) != self.task_num)
-            rows.append(self._grad2vec())
-            self.zero_grad_share_params()
+
+        def keep_task_gradients(tn: int) -> None:
             per_task.append([p.grad for p in others])
             for p in others:
                 p.grad = None
+
+        for p in others:   # each pass starts from none; the caller's come back below
+            p.grad = None
         self._compute_grad_dim()
-        grads = torch.stack(rows)
+        grads = self._compute_grad(losses, mode="backward", after_task=keep_task_gradients)
         weights = self.weights_for(grads, **kwargs)
         self._backward_new_grads(weights, grads=grads)
         for j, p in enumerate(others):

@@ -9,7 +9,8 @@ method is adding its file. Traits (keyword arguments beyond the entry's fields):
   representation), so it needs parameters that two or more tasks use; loss-level methods (EW, UW, DWA...) do not.
 - weighting ``rep_grad`` (bool): it works on gradients of the shared representation (LibMTL's GradDrop).
 - weighting ``samples`` (int, default 1): independent batches it needs per step (MoDo and SDMGrad: 3, as LibMTL
-  main's trainer draws for them); its ``backward`` then takes the losses as [samples, task_num].
+  main's trainer draws for them); its ``backward`` then takes a list of that many [task_num] loss vectors, one
+  per batch.
 - weighting ``conic`` (str or False): why the shared gradient it produces is a conic combination ``sum_i w_i g_i``
   (``w_i >= 0``) of the task gradients, or False where it promises none; ``tests/methods/test_contract.py`` checks
   the promise on every weighting that makes it.

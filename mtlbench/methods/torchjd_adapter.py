@@ -4,7 +4,8 @@ A torchjd ``Weighting`` maps a statistic of the [task_num, grad_dim] gradient ma
 the Gramian weightings, G itself for the others) to a vector of task weights. :class:`TorchJDWeighting` turns one
 into a LibMTL ``AbsWeighting``: ``backward`` takes the per-task gradients of the shared parameters (or, with
 ``rep_grad``, of the shared representation), asks the torchjd weighting for ``w`` and back-propagates ``sum_i w_i g_i``.
-A weighting that needs independent gradient samples (MoDo, SDMGrad) takes a list of loss vectors, one per batch: the torchjd weighting gets ``G_a G_b^T`` of two samples and the update follows a third, ``G_u^T w``.
+A weighting that needs independent gradient samples (MoDo, SDMGrad) takes a list of loss vectors, one per batch:
+the torchjd weighting gets ``G_a G_b^T`` of two samples and the update follows a third, ``G_u^T w``.
 
 torchjd's default dual-cone projector (UPGrad, DualProj) needs the optional ``quadprog``/``qpsolvers`` packages;
 :class:`TorchDualConeProjector` solves the same quadratic program in torch, on the Gramian's device, and is used
