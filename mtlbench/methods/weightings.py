@@ -1,6 +1,6 @@
 """LibMTL 1.1.5's own weightings, registered with typed options (LibMTL's customary defaults). The methods written
-here (Nash-MTL, MoCo, Aligned-MTL, CAGrad for any task count, PCGrad, GradVac, IMTL and MGDA computed from the Gramian,
-and the landscape's) register in their own files.
+here (Nash-MTL, MoCo, Aligned-MTL, CAGrad for any task count, GradNorm with its norms taken once, PCGrad, GradVac,
+IMTL and MGDA computed from the Gramian, and the landscape's) register in their own files.
 
 An entry's options are the keyword arguments its ``backward`` reads; specs are checked against them and runs record
 them.
@@ -20,11 +20,6 @@ LIBMTL = "LibMTL 1.1.5"
 @dataclass(frozen=True)
 class NoOptions:
     """The method takes no options."""
-
-
-@dataclass(frozen=True)
-class GradNormOptions:
-    alpha: float = 1.5      # the restoring force's strength (paper: 1.5 for NYUv2)
 
 
 @dataclass(frozen=True)
@@ -48,9 +43,6 @@ class RLWOptions:
 WEIGHTINGS.add("EW", W.EW, options=NoOptions, library=LIBMTL, gradients=False,
                conic='sum of the losses: w = 1',
                reference="equal weighting (uniform sum of task losses)", summary="sum of losses")
-WEIGHTINGS.add("GradNorm", W.GradNorm, options=GradNormOptions, library=LIBMTL, gradients=True,
-               conic='loss weights task_num * softmax(loss_scale) > 0 applied to the task gradients',
-               reference="Chen et al., GradNorm, ICML 2018", summary="balances gradient norms by training rates")
 WEIGHTINGS.add("UW", W.UW, options=NoOptions, library=LIBMTL, gradients=False,
                conic='loss weights 1 / (2 exp(s_i)) > 0 (the log term does not touch the shared parameters)',
                reference="Kendall et al., Multi-Task Learning Using Uncertainty to Weigh Losses, CVPR 2018",
