@@ -33,6 +33,7 @@ class Lane:
         self.step, self.batches, self.device = step, batches, device
         self.it: Iterator[tuple] = iter(batches())
         self.seconds, self.steps = 0.0, 0
+        self.blocks: list[tuple[int, float]] = []   # (steps, seconds) of each timed turn
 
     def _next(self) -> tuple:
         try:
@@ -52,11 +53,21 @@ class Lane:
         for _ in range(n):
             self.step(*self._next())
         sync(self.device)
-        self.seconds += time.perf_counter() - t0
+        elapsed = time.perf_counter() - t0
+        self.seconds += elapsed
         self.steps += n
+        self.blocks.append((n, elapsed))
 
     def images_per_s(self, batch: int) -> float:
         return self.steps * batch / self.seconds
+
+
+def turn_ratios(lane: Lane, batch: int, ref: Lane, ref_batch: int) -> list[float]:
+    """``lane``'s rate over ``ref``'s in each round of turns (the lanes ran their turns back to back): a burst of
+    load on a shared machine spoils one round's ratio, not the whole comparison, so their median is robust where
+    the ratio of the totals is not."""
+    return [(n * batch / sec) / (n_ref * ref_batch / sec_ref)
+            for (n, sec), (n_ref, sec_ref) in zip(lane.blocks, ref.blocks, strict=True)]
 
 
 def interleaved(lanes: list[Lane], steps: int, block: int, warmup: int) -> None:

@@ -12,6 +12,10 @@ losses), its backward (the weighting's ``backward``) and its Adam step. A weight
 times through the shared encoder per step (counted with a gradient hook on its first shared parameter) has an
 arithmetic limit of (F + B) / (F + k B) of EW's rate; the table shows how close each one comes.
 
+"% of EW" is the ratio of the lanes' totals. A burst of load on a shared machine during one turn moves it by a few
+points, so the last columns give the ratio within each round of turns: its median, which such a burst does not
+move, and its range.
+
 Examples::
 
     python benchmarks/weightings.py                                  # CPU, 64 px, HPS, decoder1, all weightings
@@ -22,6 +26,7 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import time
 import traceback
@@ -44,7 +49,7 @@ from mtlbench.train.loop import make_adam, sync
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from timing import (Lane, add_timing_args, data_source, floor_step, interleaved,  # noqa: E402  (the shared timer)
-                    resident_batches, timing_settings)
+                    resident_batches, timing_settings, turn_ratios)
 
 CPU_STEPS = 16
 PAST_EPOCHS = 2   # DWA reads the last two epochs' mean losses; GradNorm leaves its EW phase after the first
@@ -212,7 +217,7 @@ def main() -> None:
     print(f"arithmetic limit with k backward passes through the shared encoder: (F+B)/(F+kB) of EW's rate; "
           f"k=2: {limit_factor(fwd, bwd, 2):.3f}")
     print(f"{'weighting':12s} {'img/s':>8s} {'EW img/s':>9s} {'% of EW':>8s} {'floor img/s':>12s} {'% of floor':>11s} "
-          f"{'passes':>7s} {'limit img/s':>12s} {'% of limit':>11s}")
+          f"{'passes':>7s} {'limit img/s':>12s} {'% of limit':>11s} {'% of EW by turn: median':>24s} {'min-max':>11s}")
 
     ew_rates, floor_rates, failed = [], [], []
     for name in weightings:
@@ -224,6 +229,7 @@ def main() -> None:
             interleaved(lanes, steps, block, args.warmup)
             rate = lanes[0].images_per_s(b * cell.samples)
             ew_rate, floor_rate = (lane.images_per_s(b) for lane in lanes[1:])
+            by_turn = [100 * r for r in turn_ratios(lanes[0], b * cell.samples, lanes[1], b)]
         except Exception as exc:  # noqa: BLE001 — one weighting failing must not hide the others' rows
             failed.append(name)
             print(f"{name:12s} failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
@@ -239,7 +245,8 @@ def main() -> None:
         else:
             limit_cols = f"{'-':>12s} {'-':>11s}"
         print(f"{name:12s} {rate:8.1f} {ew_rate:9.1f} {100 * rate / ew_rate:8.1f} {floor_rate:12.1f} "
-              f"{100 * rate / floor_rate:11.1f} {passes:7d} {limit_cols}")
+              f"{100 * rate / floor_rate:11.1f} {passes:7d} {limit_cols} {statistics.median(by_turn):24.1f} "
+              f"{min(by_turn):5.1f}-{max(by_turn):5.1f}")
     if ew_rates:
         print(f"in the same turns, EW ran at {min(ew_rates):.1f}-{max(ew_rates):.1f} img/s and the floor at "
               f"{min(floor_rates):.1f}-{max(floor_rates):.1f} img/s")

@@ -69,12 +69,18 @@ def test_weightings_benchmark_rows_agree_with_their_rates(tiny_data: Path, cache
     assert abs(printed - factor) < 2e-3
     num = r"([\d.]+)"
     rows = {m[0]: m[1:] for m in re.findall(
-        rf"^(EW|GradNorm|MoDo)\s+{num}\s+{num}\s+{num}\s+{num}\s+{num}\s+(\d+)\s+([\d.]+|-)\s+([\d.]+|-)$", out, re.M)}
+        rf"^(EW|GradNorm|MoDo)\s+{num}\s+{num}\s+{num}\s+{num}\s+{num}\s+(\d+)\s+([\d.]+|-)\s+([\d.]+|-)"
+        rf"\s+{num}\s+{num}-\s*{num}$", out, re.M)}
     assert set(rows) == {"EW", "GradNorm", "MoDo"}, out
-    for name, (rate, ew, pct_ew, floor, pct_floor, passes, limit, pct_limit) in rows.items():
+    for name, (rate, ew, pct_ew, floor, pct_floor, passes, limit, pct_limit, median, lo, hi) in rows.items():
         rate, ew, pct_ew, floor, pct_floor = map(float, (rate, ew, pct_ew, floor, pct_floor))
         assert min(rate, ew, floor) > 0
         assert _quotient_agrees(pct_ew, rate, ew) and _quotient_agrees(pct_floor, rate, floor), (name, out)
+        # Two rounds of one step each: the median is their mean, within the range, and the ratio of the totals (a
+        # weighted mean of the rounds' ratios) lies in that range too.
+        median, lo, hi = float(median), float(lo), float(hi)
+        assert lo <= median <= hi and abs(median - (lo + hi) / 2) <= 0.1 + 1e-9, (name, out)
+        assert lo - 0.1 <= pct_ew <= hi + 0.1, (name, out)
         if name == "EW":
             assert passes == "1" and limit == pct_limit == "-"
         else:
