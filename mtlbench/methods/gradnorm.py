@@ -37,9 +37,9 @@ class GradNorm(libmtl_weighting.GradNorm):
     LibMTL differentiates ``|w_i g_i|`` through a [task_num, n] product of the weights and the gradients, which
     costs about 15 times one read of G (forward, saved for backward, and the backward's own products). Since
     ``w_i > 0``, ``|w_i g_i| = w_i |g_i|``: here the norms ``|g_i|`` are read once and the rest runs on task_num
-    numbers. The loss ratios are computed on the device from the host's loss buffer (LibMTL reads each loss with a
-    host synchronisation), rounded to float32 as LibMTL's ``torch.Tensor`` is. Equal to LibMTL's to float32
-    rounding; with ``rep_grad`` LibMTL's own code runs. Returns a device tensor."""
+    numbers. The loss ratios are computed on the device, rounded to float32 as LibMTL's ``torch.Tensor`` is (LibMTL
+    reads each loss with a host synchronisation). Equal to LibMTL's to float32 rounding; with ``rep_grad`` LibMTL's
+    own code runs. Returns a device tensor."""
 
     def backward(self, losses: torch.Tensor, **kwargs: Any) -> Any:
         if self.rep_grad:
@@ -50,11 +50,20 @@ class GradNorm(libmtl_weighting.GradNorm):
         scale = self.task_num * F.softmax(self.loss_scale, dim=-1)
         grads = self._get_grads(losses, mode="backward")
         per_task = scale * grads.norm(dim=-1)                  # w_i |g_i|, differentiable in s only
-        first = torch.as_tensor(self.train_loss_buffer[:, 0], dtype=torch.float64, device=losses.device)
-        ratio = (losses.detach().double() / first).float()
+        ratio = (losses.detach().double() / self._first_epoch_losses(losses.device)).float()
         ratio = ratio / ratio.mean()
         target = (per_task.mean(0) * ratio ** kwargs["alpha"]).detach()
         (per_task - target).abs().sum(0).backward()
         weights = scale.detach().clone()
         self._backward_new_grads(weights, grads=grads)
         return weights
+
+    def _first_epoch_losses(self, device: torch.device) -> torch.Tensor:
+        """The tasks' first-epoch mean losses (the loop's host buffer) on ``device``, copied again only when they
+        change: a copy from the host to a GPU waits for the GPU's queue."""
+        values = tuple(float(v) for v in self.train_loss_buffer[:, 0])
+        cached = self.__dict__.get("_gradnorm_first")
+        if cached is None or cached[0] != values or cached[1].device != device:
+            cached = (values, torch.tensor(values, dtype=torch.float64, device=device))
+            self._gradnorm_first = cached
+        return cached[1]

@@ -102,3 +102,18 @@ def test_end_to_end_step():
     torch.testing.assert_close(w.sum(), torch.tensor(2.0))   # task_num * softmax
     assert model.loss_scale.grad is not None and torch.isfinite(model.loss_scale.grad).all()
     assert all(torch.isfinite(p.grad).all() for p in model.encoder.parameters() if p.grad is not None)
+
+
+def test_follows_a_changed_loss_history():
+    """The first-epoch losses are copied to the device once and again whenever the loop's buffer changes (a resumed
+    run, another task history): every step still equals LibMTL's, which reads the buffer each step."""
+    G = random_jacobian(3, 20, 5)
+    ours, stock = _pair(3, G)
+    offset = torch.tensor([4.0, 2.0, 3.0], dtype=torch.float64)
+    for first in ([3.0, 2.0, 1.0], [3.0, 2.0, 1.0], [1.0, 5.0, 2.0]):
+        for model in (ours, stock):
+            model.train_loss_buffer[:, 0] = first
+        (w_a, g_a, s_a), (w_b, g_b, s_b) = _step(ours, G, offset), _step(stock, G, offset)
+        np.testing.assert_allclose(w_a, w_b, rtol=1e-7)
+        torch.testing.assert_close(s_a, s_b, rtol=1e-6, atol=1e-9)
+    assert ours._gradnorm_first[0] == (1.0, 5.0, 2.0)
