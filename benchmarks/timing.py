@@ -32,7 +32,6 @@ class Lane:
     def __init__(self, step: Callable[..., Any], batches: Callable[[], Iterable[tuple]], device: torch.device) -> None:
         self.step, self.batches, self.device = step, batches, device
         self.it: Iterator[tuple] = iter(batches())
-        self.seconds, self.steps = 0.0, 0
         self.blocks: list[tuple[int, float]] = []   # (steps, seconds) of each timed turn
 
     def _next(self) -> tuple:
@@ -53,13 +52,10 @@ class Lane:
         for _ in range(n):
             self.step(*self._next())
         sync(self.device)
-        elapsed = time.perf_counter() - t0
-        self.seconds += elapsed
-        self.steps += n
-        self.blocks.append((n, elapsed))
+        self.blocks.append((n, time.perf_counter() - t0))
 
     def images_per_s(self, batch: int) -> float:
-        return self.steps * batch / self.seconds
+        return sum(n for n, _ in self.blocks) * batch / sum(sec for _, sec in self.blocks)
 
 
 def turn_ratios(lane: Lane, batch: int, ref: Lane, ref_batch: int) -> list[float]:
