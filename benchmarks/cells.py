@@ -2,7 +2,9 @@
 32 px, batch 8) run sequentially in this process through the sweep driver, as ``mtlbench sweep`` runs it.
 
 Per cell it prints the wall time all-in (build, train, evaluate, predictions, latency, write), the time inside the
-training steps (``runs.train_s``, the floor a cell cannot go under) and their ratio, by architecture and decoder.
+training steps (``runs.train_s``, the floor a cell cannot go under) and their ratio; by architecture and decoder, where
+the rest went as the runs table records it: ``setup_s`` (model and optimiser), ``eval_s`` (validation and test
+predictions), ``latency_s`` (the latency timing) and what is left (metrics, records, memory sampling).
 Examples::
 
     python benchmarks/cells.py                                    # every architecture x EW, PCGrad, DWA x 2 decoders
@@ -53,8 +55,11 @@ def main() -> None:
           f"all-in / steps = {wall / max(steps, 1e-9):.2f}")
     print(f"inside run_cell (runs.total_s): {runs['total_s'].sum() / max(n, 1):.2f} s a cell; the rest "
           f"(plan, write, console) {(wall - runs['total_s'].sum()) / max(n, 1):.2f} s a cell")
-    by = (trained.groupby(["architecture", "decoder"])[["total_s", "train_s"]].mean()
-          .assign(overhead_s=lambda d: d.total_s - d.train_s).round(3))
+    parts = ["setup_s", "train_s", "eval_s", "latency_s"]
+    print("by phase, s a trained cell: " + ", ".join(f"{c} {trained[c].mean():.3f}" for c in parts)
+          + f", rest {(trained.total_s - trained[parts].sum(axis=1)).mean():.3f}")
+    by = (trained.groupby(["architecture", "decoder"])[["total_s", *parts]].mean()
+          .assign(rest_s=lambda d: d.total_s - d[parts].sum(axis=1)).round(3))
     with pd.option_context("display.width", 120, "display.max_rows", 200):
         print(by.to_string())
 

@@ -91,6 +91,7 @@ class RunRecord:
         self.trainer: Trainer | None = None
         self.label_search_s = 0.0
         self.t0 = time.perf_counter()
+        self.started = self.t0   # unlike t0, not moved back by a resumed checkpoint's elapsed time
         counts = {s: len(data.splits[s].labels) for s in ("train", "valid", "test")}
         self.row = config_row(
             cfg, self.run_id, sweep=sweep, epochs=p.epochs, batch_size=p.batch_size, img_size=p.img_size,
@@ -104,6 +105,10 @@ class RunRecord:
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.t0
+
+    def set_up(self) -> None:
+        """The trainer is built (and resumed): the run's setup time ends here."""
+        self.row["setup_s"] = time.perf_counter() - self.started
 
     def note(self, text: str) -> None:
         self.row["message"] = f"{self.row['message']}; {text}" if self.row.get("message") else text
@@ -158,9 +163,12 @@ class RunRecord:
                     self.row[f"{which}_confusion_json"] = json.dumps(m["confusion"])
                     self.tables["predictions"] += prediction_rows(self.run_id, which, preds, relpaths)
                 self.row["best_epoch"] = st.best_epoch
+                t_latency = time.perf_counter()
                 b1, bb = trainer.latency_ms()
-                self.row.update(latency_b1_ms=b1, latency_batch_ms=bb)
-            self.row.update(train_s=st.train_s, epoch_mean_s=st.train_s / max(len(st.epochs), 1),
+                self.row.update(latency_b1_ms=b1, latency_batch_ms=bb,
+                                latency_s=time.perf_counter() - t_latency)
+            self.row.update(train_s=st.train_s, eval_s=st.eval_s,
+                            epoch_mean_s=st.train_s / max(len(st.epochs), 1),
                             train_images_per_s=st.images / st.train_s if st.train_s > 0 else None,
                             params=sum(p.numel() for p in trainer.module.parameters()))
             unique = getattr(trainer.module, "unique_trunk_params", None)

@@ -100,6 +100,7 @@ def run_cell(cfg: RunConfig, table: Any, data: Any, *, sweep: str | None = None,
         return run.finish()
     try:
         on_epoch = RUN_KINDS[cfg.kind](run, progress)
+        run.set_up()
         faults.hit("cell_start", cell=cfg.cell_name)
         assert run.trainer is not None
         run.trainer.fit(on_epoch=on_epoch)

@@ -35,6 +35,7 @@ def test_every_cell_built_stepped_and_is_ok(all_runs):
     assert set(zip(na.architecture, na.weighting, na.decoder)) == expected_na
     assert ("Tree-b0", "PCGrad", "decoder1") in expected_na and ("Tree-b0", "EW", "decoder1") not in expected_na
     assert na.message.str.contains("shares no parameters").all() and na.epochs_run.isna().all()
+    assert na[["setup_s", "train_s", "eval_s", "latency_s"]].isna().all().all()
     bad = runs[~runs.status.isin(("ok", "not_applicable"))]
     assert bad.empty, bad[["architecture", "weighting", "decoder", "status", "message"]].to_string()
     grid = runs[runs.kind == "mtl"]
@@ -47,8 +48,11 @@ def test_every_cell_wrote_sane_metrics(runs):
     for col in ("best_accuracy", "last_accuracy", "best_within8"):
         assert runs[col].between(0, 100).all(), col
     for col in ("best_mse", "best_rmse", "best_mae", "best_mape", "total_s", "train_s", "train_images_per_s",
-                "latency_b1_ms", "latency_batch_ms", "peak_mem_mb"):
+                "latency_b1_ms", "latency_batch_ms", "peak_mem_mb", "setup_s", "eval_s", "latency_s"):
         assert np.isfinite(runs[col]).all() and (runs[col] > 0).all(), col
+    grid = runs[runs.kind == "mtl"]   # FastCAR's setup (its label search) trains its first epoch
+    parts = grid.setup_s + grid.train_s + grid.eval_s + grid.latency_s + grid.checkpoint_s
+    assert (parts <= grid.total_s).all()
     assert (runs.epochs_run == 1).all() and (runs.best_epoch == 1).all()
     np.testing.assert_allclose(runs.best_rmse, np.sqrt(runs.best_mse))
     for cm in runs.best_confusion_json:

@@ -185,3 +185,40 @@ def test_a_three_batch_cell_runs_and_records_it(loaded):
                       table, data)
     assert result.status == "ok", result.message
     assert json.loads(result.row["hparams_json"])["samples_per_step"] == 3
+
+
+def test_a_run_records_where_its_time_went(loaded):
+    """setup_s, train_s, eval_s, latency_s and checkpoint_s are disjoint parts of total_s; evaluation counts one
+    validation pass per epoch and the final test predictions."""
+    table, data = loaded
+    p = TrainingProtocol(epochs=2, batch_size=8, img_size=32, max_steps_per_epoch=2, latency_repeats=1)
+    result = run_cell(RunConfig(kind="mtl", architecture="HPS", weighting="EW", decoder="decoder1", protocol=p),
+                      table, data)
+    r = result.row
+    assert result.status == "ok", result.message
+    parts = [r["setup_s"], r["train_s"], r["eval_s"], r["latency_s"], r["checkpoint_s"]]
+    assert all(x > 0 for x in parts[:4]) and r["checkpoint_s"] == 0
+    assert sum(parts) <= r["total_s"]
+    t = trainer(data)
+    t.train_epoch()
+    one = t.state.eval_s
+    assert one > 0
+    t.final_predictions()
+    assert t.state.eval_s > one   # the test predictions count too
+
+
+def test_an_old_checkpoints_history_reads_no_evaluation_time(loaded):
+    """A TrainState pickled before eval_s existed reads it as 0 and goes on counting."""
+    import pickle
+
+    from mtlbench.train.loop import TrainState
+
+    old = TrainState()
+    del old.__dict__["eval_s"]
+    history = pickle.loads(pickle.dumps(old))
+    assert "eval_s" not in history.__dict__ and history.eval_s == 0.0
+    _, data = loaded
+    t = trainer(data)
+    t.state = history
+    t.evaluate("valid")
+    assert t.state.eval_s > 0

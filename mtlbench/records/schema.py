@@ -100,6 +100,14 @@ RUNS = pa.schema([
     pa.field("executor", pa.string()),                        # sequential | local | ray
     pa.field("resumed_from_epoch", pa.int64()),               # continued from a mid-run checkpoint of this epoch
     pa.field("checkpoint_s", pa.float64()),                   # seconds spent writing checkpoints
+    # Where the rest of total_s went (null in rows written before they existed, and for untrained runs):
+    #   setup_s: from the run's start to its training loop: the model, the optimiser, a checkpoint's load, and for
+    #     FastCAR the label search (whose own seconds are label_search_s);
+    #   eval_s: the evaluation passes: validation after every epoch and the final test predictions;
+    #   latency_s: timing the inference latency (latency_b1_ms, latency_batch_ms).
+    pa.field("setup_s", pa.float64()),
+    pa.field("eval_s", pa.float64()),
+    pa.field("latency_s", pa.float64()),
     pa.field("device", pa.string()),
     pa.field("torch_version", pa.string()),
     pa.field("torchvision_version", pa.string()),

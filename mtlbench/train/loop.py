@@ -58,6 +58,7 @@ class TrainState:
     best_epoch: int = 0
     best_state: dict[str, torch.Tensor] | None = None
     train_s: float = 0.0
+    eval_s: float = 0.0      # evaluation passes (validation, test predictions); a class default for old checkpoints
     images: int = 0
 
 
@@ -216,8 +217,16 @@ class Trainer:
             for m, momentum in zip(norms, momenta):
                 m.momentum = momentum
 
-    @torch.no_grad()
     def predict(self, split: str) -> tuple[float, Predictions]:
+        """The split's mean loss and predictions; the time it takes counts in ``state.eval_s``."""
+        t0 = time.perf_counter()
+        try:
+            return self._predict(split)
+        finally:   # the predictions are read to the host, so the device is done with them here
+            self.state.eval_s += time.perf_counter() - t0
+
+    @torch.no_grad()
+    def _predict(self, split: str) -> tuple[float, Predictions]:
         if self.protocol.bn_reestimate_batches:
             self.reestimate_batchnorm(self.protocol.bn_reestimate_batches)
         self.module.eval()
