@@ -33,6 +33,7 @@ def main() -> None:
     ap.add_argument("--architectures", default="all", help="'|'-joined, or 'all'")
     ap.add_argument("--decoders", default="all", help="'|'-joined, or 'all'")
     ap.add_argument("--fastcar", action="store_true", help="include FastCAR")
+    ap.add_argument("--out", type=Path, help="keep the sweep's results folder here (default: a temporary one)")
     args = ap.parse_args()
     only = [f"{key}={value}" for key, value in (("weighting", args.weightings), ("arch", args.architectures),
                                                 ("decoder", args.decoders)) if value != "all"]
@@ -42,7 +43,7 @@ def main() -> None:
     spec = load_spec(args.spec)
     keep_freed_blocks()   # as the CLI does
     with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "results"
+        out = args.out or Path(tmp) / "results"
         t0 = time.perf_counter()
         outcome = run_sweep(spec, out, filters=filters)
         wall = time.perf_counter() - t0
