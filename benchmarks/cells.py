@@ -4,11 +4,14 @@
 Per cell it prints the wall time all-in (build, train, evaluate, predictions, latency, write), the time inside the
 training steps (``runs.train_s``, the floor a cell cannot go under) and their ratio; by architecture and decoder, where
 the rest went as the runs table records it: ``setup_s`` (model and optimiser), ``eval_s`` (validation and test
-predictions), ``latency_s`` (the latency timing) and what is left (metrics, records, memory sampling).
+predictions), ``latency_s`` (the latency timing) and what is left (metrics, records, memory sampling, an
+architecture's own epoch-end work such as MTAL's merges); and the same for the paper's 204-cell grid and each decoder,
+with the share of cells at 1 s or less. ``--results DIR`` prints that part again from a kept results folder.
 Examples::
 
     python benchmarks/cells.py                                    # every architecture x EW, PCGrad, DWA x 2 decoders
     python benchmarks/cells.py --weightings all --decoders decoder1
+    python benchmarks/cells.py --weightings all --fastcar --out /tmp/grid && python benchmarks/cells.py --results /tmp/grid
 """
 
 from __future__ import annotations
@@ -21,9 +24,35 @@ from pathlib import Path
 import pandas as pd
 
 from mtlbench.heap import keep_freed_blocks
+from mtlbench.methods.registry import PAPER_ARCHITECTURES, PAPER_WEIGHTINGS
 from mtlbench.records.store import ResultsStore
 from mtlbench.sweep.runner import run_sweep
 from mtlbench.sweep.spec import load_spec, parse_filters
+
+
+PARTS = ["setup_s", "train_s", "eval_s", "latency_s", "checkpoint_s"]   # disjoint parts of runs.total_s
+REQUIRED = ["setup_s", "train_s", "eval_s"]   # what every cell must do: build, train, evaluate
+
+
+def summarise(runs: pd.DataFrame) -> None:
+    """Where the trained runs' time went, from the runs table: by phase, by subset, by architecture and decoder."""
+    trained = runs[runs["status"] == "ok"].assign(
+        rest_s=lambda d: d.total_s - d[PARTS].sum(axis=1), required_s=lambda d: d[REQUIRED].sum(axis=1))
+    cols = ["total_s", *PARTS[:-1], "rest_s", "required_s"]
+    print("by phase, s a trained run: " + ", ".join(f"{c} {trained[c].mean():.3f}" for c in cols))
+    grid = trained[trained.kind == "mtl"]
+    subsets = {"every trained run": trained,
+               "the paper grid": grid[grid.architecture.isin(PAPER_ARCHITECTURES)
+                                      & grid.weighting.isin(PAPER_WEIGHTINGS)],
+               **{name: grid[grid.decoder == name] for name in sorted(grid.decoder.unique())}}
+    rows = {name: {"runs": len(d), **d[cols].mean().round(3).to_dict(),
+                   "% <= 1 s": round(100 * (d.total_s <= 1).mean()),
+                   "% required > 1 s": round(100 * (d.required_s > 1).mean())}
+            for name, d in subsets.items() if len(d)}
+    by = grid.groupby(["architecture", "decoder"])[cols].mean().round(3)
+    with pd.option_context("display.width", 160, "display.max_rows", 200, "display.max_columns", 20):
+        print(pd.DataFrame(rows).T.to_string())
+        print(by.to_string())
 
 
 def main() -> None:
@@ -33,8 +62,15 @@ def main() -> None:
     ap.add_argument("--architectures", default="all", help="'|'-joined, or 'all'")
     ap.add_argument("--decoders", default="all", help="'|'-joined, or 'all'")
     ap.add_argument("--fastcar", action="store_true", help="include FastCAR")
-    ap.add_argument("--out", type=Path, help="keep the sweep's results folder here (default: a temporary one)")
+    ap.add_argument("--out", type=Path, help="keep the sweep's results folder here, new or empty (default: a "
+                                             "temporary one)")
+    ap.add_argument("--results", type=Path, help="run nothing: summarise the runs of this results folder")
     args = ap.parse_args()
+    if args.results is not None:
+        summarise(ResultsStore(args.results, create=False).read("runs"))
+        return
+    if args.out is not None and args.out.exists() and any(args.out.iterdir()):
+        ap.error(f"--out {args.out} is not empty: its finished cells would be skipped, not timed")
     only = [f"{key}={value}" for key, value in (("weighting", args.weightings), ("arch", args.architectures),
                                                 ("decoder", args.decoders)) if value != "all"]
     filters = parse_filters(only)
@@ -48,6 +84,7 @@ def main() -> None:
         outcome = run_sweep(spec, out, filters=filters)
         wall = time.perf_counter() - t0
         runs = ResultsStore(out, create=False).read("runs")
+    runs = runs[runs.run_id.isin({r.run_id for r in outcome.results})]
     n = len(outcome.results)
     trained = runs[runs["status"] == "ok"]
     steps = float(trained["train_s"].sum())
@@ -56,13 +93,7 @@ def main() -> None:
           f"all-in / steps = {wall / max(steps, 1e-9):.2f}")
     print(f"inside run_cell (runs.total_s): {runs['total_s'].sum() / max(n, 1):.2f} s a cell; the rest "
           f"(plan, write, console) {(wall - runs['total_s'].sum()) / max(n, 1):.2f} s a cell")
-    parts = ["setup_s", "train_s", "eval_s", "latency_s"]
-    print("by phase, s a trained cell: " + ", ".join(f"{c} {trained[c].mean():.3f}" for c in parts)
-          + f", rest {(trained.total_s - trained[parts].sum(axis=1)).mean():.3f}")
-    by = (trained.groupby(["architecture", "decoder"])[["total_s", *parts]].mean()
-          .assign(rest_s=lambda d: d.total_s - d[parts].sum(axis=1)).round(3))
-    with pd.option_context("display.width", 120, "display.max_rows", 200):
-        print(by.to_string())
+    summarise(runs)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ memory, and how a failure becomes a row (status ``failed`` or ``diverged``, mess
 from __future__ import annotations
 
 import json
+import math
 import random
 import time
 import traceback
@@ -107,8 +108,14 @@ class RunRecord:
         return time.perf_counter() - self.t0
 
     def set_up(self) -> None:
-        """The trainer is built (and resumed): the run's setup time ends here."""
-        self.row["setup_s"] = time.perf_counter() - self.started
+        """The trainer is built (and resumed): the run's setup time ends here. What the trainer and the checkpoint
+        already counted in this process is not setup: FastCAR's accepted label-search attempt has trained and
+        validated epoch 1 (train_s, eval_s) and written its checkpoint (checkpoint_s). A resumed trainer's counts
+        are the earlier processes'."""
+        counted = self.checkpoint.seconds
+        if self.trainer is not None and self.row.get("resumed_from_epoch") is None:
+            counted += self.trainer.state.train_s + self.trainer.state.eval_s
+        self.row["setup_s"] = time.perf_counter() - self.started - counted
 
     def note(self, text: str) -> None:
         self.row["message"] = f"{self.row['message']}; {text}" if self.row.get("message") else text
@@ -167,7 +174,7 @@ class RunRecord:
                 b1, bb = trainer.latency_ms()
                 self.row.update(latency_b1_ms=b1, latency_batch_ms=bb,
                                 latency_s=time.perf_counter() - t_latency)
-            self.row.update(train_s=st.train_s, eval_s=st.eval_s,
+            self.row.update(train_s=st.train_s, eval_s=st.eval_s if math.isfinite(st.eval_s) else None,
                             epoch_mean_s=st.train_s / max(len(st.epochs), 1),
                             train_images_per_s=st.images / st.train_s if st.train_s > 0 else None,
                             params=sum(p.numel() for p in trainer.module.parameters()))

@@ -188,8 +188,8 @@ def test_a_three_batch_cell_runs_and_records_it(loaded):
 
 
 def test_a_run_records_where_its_time_went(loaded):
-    """setup_s, train_s, eval_s, latency_s and checkpoint_s are disjoint parts of total_s; evaluation counts one
-    validation pass per epoch and the final test predictions."""
+    """setup_s, train_s, eval_s, latency_s and checkpoint_s are disjoint parts of total_s; eval_s grows with each
+    epoch's validation pass and with the final test predictions."""
     table, data = loaded
     p = TrainingProtocol(epochs=2, batch_size=8, img_size=32, max_steps_per_epoch=2, latency_repeats=1)
     result = run_cell(RunConfig(kind="mtl", architecture="HPS", weighting="EW", decoder="decoder1", protocol=p),
@@ -202,23 +202,52 @@ def test_a_run_records_where_its_time_went(loaded):
     t = trainer(data)
     t.train_epoch()
     one = t.state.eval_s
-    assert one > 0
+    t.train_epoch()
+    two = t.state.eval_s
+    assert 0 < one < two
     t.final_predictions()
-    assert t.state.eval_s > one   # the test predictions count too
+    assert t.state.eval_s > two   # the test predictions count too
 
 
-def test_an_old_checkpoints_history_reads_no_evaluation_time(loaded):
-    """A TrainState pickled before eval_s existed reads it as 0 and goes on counting."""
-    import pickle
+PARTS = ("setup_s", "train_s", "eval_s", "latency_s", "checkpoint_s")
 
-    from mtlbench.train.loop import TrainState
 
-    old = TrainState()
-    del old.__dict__["eval_s"]
-    history = pickle.loads(pickle.dumps(old))
-    assert "eval_s" not in history.__dict__ and history.eval_s == 0.0
-    _, data = loaded
-    t = trainer(data)
-    t.state = history
-    t.evaluate("valid")
-    assert t.state.eval_s > 0
+def test_fastcar_records_disjoint_parts_fresh_and_resumed(loaded, tmp_path, monkeypatch):
+    """FastCAR's accepted label-search attempt trains and validates epoch 1 and writes a checkpoint before the
+    training loop: that time counts in train_s, eval_s and checkpoint_s, not in setup_s as well. A resumed run's
+    parts still fit in its total (which includes the interrupted process's time)."""
+    table, data = loaded
+    cfg = RunConfig(kind="fastcar", seed=1, protocol=TrainingProtocol(epochs=3, batch_size=8, img_size=32,
+                                                              max_steps_per_epoch=2, latency_repeats=1))
+    fresh = run_cell(cfg, table, data, checkpoint_dir=tmp_path / "fresh")
+    r = fresh.row
+    assert fresh.status == "ok" and all(r[k] > 0 for k in PARTS)
+    assert sum(r[k] for k in PARTS) <= r["total_s"]
+    monkeypatch.setenv("MTLBENCH_FAULT", "epoch_end:cell=FastCAR:epoch=2:raise")
+    assert run_cell(cfg, table, data, checkpoint_dir=tmp_path / "cut").status == "failed"
+    monkeypatch.delenv("MTLBENCH_FAULT")
+    resumed = run_cell(cfg, table, data, checkpoint_dir=tmp_path / "cut").row
+    # the resumed process writes no checkpoint: the last epoch needs none
+    assert resumed["resumed_from_epoch"] == 2 and all(resumed[k] > 0 for k in PARTS[:4])
+    assert sum(resumed[k] for k in PARTS) <= resumed["total_s"]
+
+
+def test_a_run_resumed_from_a_checkpoint_without_evaluation_time_records_it_unknown(loaded, tmp_path, monkeypatch):
+    """A checkpoint written before eval_s existed holds no evaluation time for its epochs: the resumed run records
+    eval_s as null, not as the later epochs' time alone."""
+    table, data = loaded
+    cfg = RunConfig(kind="mtl", architecture="HPS", weighting="EW", decoder="decoder1", seed=3,
+                    protocol=TrainingProtocol(epochs=3, batch_size=8, img_size=32, max_steps_per_epoch=2,
+                                              latency_repeats=1))
+    monkeypatch.setenv("MTLBENCH_FAULT", f"epoch_end:cell={cfg.cell_name}:epoch=2:raise")
+    cut = run_cell(cfg, table, data, checkpoint_dir=tmp_path)
+    monkeypatch.delenv("MTLBENCH_FAULT")
+    path = tmp_path / f"{cut.run_id}.ckpt"
+    payload = torch.load(path, weights_only=False)
+    history = payload["trainer"]["history"]
+    assert history.eval_s > 0
+    del history.__dict__["eval_s"]   # as TrainState was pickled before the field existed
+    torch.save(payload, path)
+    resumed = run_cell(cfg, table, data, checkpoint_dir=tmp_path)
+    assert resumed.status == "ok" and resumed.row["resumed_from_epoch"] == 2
+    assert resumed.row["eval_s"] is None and resumed.row["train_s"] > 0

@@ -100,11 +100,16 @@ RUNS = pa.schema([
     pa.field("executor", pa.string()),                        # sequential | local | ray
     pa.field("resumed_from_epoch", pa.int64()),               # continued from a mid-run checkpoint of this epoch
     pa.field("checkpoint_s", pa.float64()),                   # seconds spent writing checkpoints
-    # Where the rest of total_s went (null in rows written before they existed, and for untrained runs):
-    #   setup_s: from the run's start to its training loop: the model, the optimiser, a checkpoint's load, and for
-    #     FastCAR the label search (whose own seconds are label_search_s);
-    #   eval_s: the evaluation passes: validation after every epoch and the final test predictions;
+    # Parts of total_s besides train_s and checkpoint_s, disjoint from them and from each other (null in rows written
+    # before they existed, and where the run never got there):
+    #   setup_s: before the training loop, what no other part counts: building the model and the optimiser, loading
+    #     a checkpoint; for FastCAR also the label search's builds and its rejected attempts (label_search_s counts
+    #     every attempt whole, so it overlaps setup_s, train_s and eval_s);
+    #   eval_s: the evaluation passes: validation after every epoch and the final test predictions (null for a run
+    #     resumed from a checkpoint written before eval_s existed);
     #   latency_s: timing the inference latency (latency_b1_ms, latency_batch_ms).
+    # train_s and eval_s count every epoch, saved with a checkpoint; setup_s and checkpoint_s, this process only;
+    # total_s, every process of a resumed run.
     pa.field("setup_s", pa.float64()),
     pa.field("eval_s", pa.float64()),
     pa.field("latency_s", pa.float64()),

@@ -58,7 +58,7 @@ class TrainState:
     best_epoch: int = 0
     best_state: dict[str, torch.Tensor] | None = None
     train_s: float = 0.0
-    eval_s: float = 0.0      # evaluation passes (validation, test predictions); a class default for old checkpoints
+    eval_s: float = 0.0      # evaluation passes (validation, test predictions); nan: unknown (an older checkpoint)
     images: int = 0
 
 
@@ -274,6 +274,8 @@ class Trainer:
         self.state = state["history"]
         if not hasattr(self.state, "sharing"):   # a checkpoint written before the sharing table existed
             self.state.sharing = []
+        if "eval_s" not in vars(self.state):     # nor its epochs' evaluation time: the run's total is unknown
+            self.state.eval_s = float("nan")
         load_rng_state(self.generator, state["rng"])
 
     def final_predictions(self) -> tuple[Predictions, Predictions]:
