@@ -36,8 +36,10 @@ REQUIRED = ["setup_s", "train_s", "eval_s"]   # what every cell must do: build, 
 
 def summarise(runs: pd.DataFrame) -> None:
     """Where the trained runs' time went, from the runs table: by phase, by subset, by architecture and decoder."""
+    # a run missing a part (eval_s after an old checkpoint) has no rest or required time, rather than a wrong one
     trained = runs[runs["status"] == "ok"].assign(
-        rest_s=lambda d: d.total_s - d[PARTS].sum(axis=1), required_s=lambda d: d[REQUIRED].sum(axis=1))
+        rest_s=lambda d: d.total_s - d[PARTS].sum(axis=1, min_count=len(PARTS)),
+        required_s=lambda d: d[REQUIRED].sum(axis=1, min_count=len(REQUIRED)))
     cols = ["total_s", *PARTS[:-1], "rest_s", "required_s"]
     print("by phase, s a trained run: " + ", ".join(f"{c} {trained[c].mean():.3f}" for c in cols))
     grid = trained[trained.kind == "mtl"]

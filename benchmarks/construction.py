@@ -1,7 +1,8 @@
-"""How much of building a cell's model is drawing its initial weights: each architecture x decoder built seeded on the
+"""How much of building a cell's model is filling its initial weights: each architecture x decoder built seeded on the
 CPU, as a run builds it, against the same build on PyTorch's meta device, where modules get parameters of the right
-shapes but no values are drawn. The difference is the random draws (PyTorch's CPU generator fills tensors serially,
-one value at a time), which a seeded run cannot skip or reorder without changing its numbers.
+shapes but no memory is allocated and no values are drawn. The difference is the weights' memory touched for the
+first time and the random draws (PyTorch's CPU generator fills tensors serially, one value at a time), which a
+seeded run cannot skip or reorder without changing its numbers.
 
 Examples::
 
@@ -53,7 +54,7 @@ def main() -> None:
                 continue
             shares.append(1 - meta / real)
             print(f"{arch:<14}{decoder:<10}{params:>12,}{real:>10.3f}{meta:>9.3f}{100 * shares[-1]:>9.1f}")
-    print(f"drawing the initial weights: {100 * min(shares):.0f}-{100 * max(shares):.0f} % of a build")
+    print(f"filling the initial weights: {100 * min(shares):.0f}-{100 * max(shares):.0f} % of a build")
 
 
 if __name__ == "__main__":

@@ -251,3 +251,40 @@ def test_a_run_resumed_from_a_checkpoint_without_evaluation_time_records_it_unkn
     resumed = run_cell(cfg, table, data, checkpoint_dir=tmp_path)
     assert resumed.status == "ok" and resumed.row["resumed_from_epoch"] == 2
     assert resumed.row["eval_s"] is None and resumed.row["train_s"] > 0
+
+
+def test_setup_time_leaves_out_what_this_process_already_counted(loaded):
+    """setup_s subtracts the trainer's train_s and eval_s and the checkpoint's seconds of a fresh run, but only the
+    checkpoint's for a resumed one, whose trainer's times are the earlier processes'."""
+    from mtlbench.run_record import RunRecord
+
+    table, data = loaded
+    cfg = RunConfig(kind="mtl", architecture="HPS", weighting="EW", decoder="decoder1",
+                    protocol=TrainingProtocol(epochs=2, batch_size=8, img_size=32, max_steps_per_epoch=2))
+    for resumed in (False, True):
+        run = RunRecord(cfg, table, data, sweep=None, concurrency=1)
+        run.trainer = trainer(data)
+        run.trainer.state.train_s, run.trainer.state.eval_s, run.checkpoint.seconds = 100.0, 50.0, 25.0
+        if resumed:
+            run.row["resumed_from_epoch"] = 1
+        run.set_up()
+        elapsed = run.elapsed()
+        expected = elapsed - 25.0 - (0.0 if resumed else 150.0)
+        assert expected - 1.0 < run.row["setup_s"] <= expected, resumed
+
+
+def test_a_refused_checkpoint_leaves_the_trainer_fresh(loaded):
+    """A checkpoint naming a submodule the model lacks is refused before its weights are loaded."""
+    from mtlbench.train.checkpoint import CheckpointError
+
+    _, data = loaded
+    trained = trainer(data)
+    trained.train_epoch()
+    state = trained.state_dict()
+    state["attributes"] = {**state["attributes"], "no_such_module": {"x": 1}}
+    fresh = trainer(data)
+    before = {k: v.clone() for k, v in fresh.module.state_dict().items()}
+    with pytest.raises(CheckpointError, match="no_such_module"):
+        fresh.load_state_dict(state)
+    for k, v in fresh.module.state_dict().items():
+        assert torch.equal(v, before[k]), k

@@ -100,16 +100,18 @@ RUNS = pa.schema([
     pa.field("executor", pa.string()),                        # sequential | local | ray
     pa.field("resumed_from_epoch", pa.int64()),               # continued from a mid-run checkpoint of this epoch
     pa.field("checkpoint_s", pa.float64()),                   # seconds spent writing checkpoints
-    # Parts of total_s besides train_s and checkpoint_s, disjoint from them and from each other (null in rows written
-    # before they existed, and where the run never got there):
+    # Parts of total_s besides train_s and checkpoint_s, disjoint from them and from each other. All null in rows
+    # written before they existed and in not-applicable runs; setup_s null when the setup failed, latency_s when the
+    # run did not finish ok (train_s and eval_s are then what it got through, possibly 0):
     #   setup_s: before the training loop, what no other part counts: building the model and the optimiser, loading
-    #     a checkpoint; for FastCAR also the label search's builds and its rejected attempts (label_search_s counts
-    #     every attempt whole, so it overlaps setup_s, train_s and eval_s);
+    #     a checkpoint; for FastCAR also the label search's builds, its rejected attempts and the accepted attempt's
+    #     untimed bookkeeping (label_search_s counts every attempt whole, so it overlaps setup_s, train_s, eval_s);
     #   eval_s: the evaluation passes: validation after every epoch and the final test predictions (null for a run
-    #     resumed from a checkpoint written before eval_s existed);
+    #     resumed, once or more, from a checkpoint written before eval_s existed);
     #   latency_s: timing the inference latency (latency_b1_ms, latency_batch_ms).
     # train_s and eval_s count every epoch, saved with a checkpoint; setup_s and checkpoint_s, this process only;
-    # total_s, every process of a resumed run.
+    # total_s, this process and the earlier ones up to their last checkpoint. What no part counts (metrics, records,
+    # an architecture's epoch-end work, an earlier process's setup) is the rest.
     pa.field("setup_s", pa.float64()),
     pa.field("eval_s", pa.float64()),
     pa.field("latency_s", pa.float64()),

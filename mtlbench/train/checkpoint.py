@@ -120,11 +120,18 @@ def attribute_state(module: nn.Module) -> dict[str, dict[str, Any]]:
     return out
 
 
-def load_attribute_state(module: nn.Module, state: dict[str, dict[str, Any]]) -> None:
+def check_attribute_state(module: nn.Module, state: dict[str, dict[str, Any]]) -> None:
+    """Refuse attribute state naming a submodule ``module`` lacks, before anything is loaded."""
     subs = dict(module.named_modules())
-    for name, attrs in state.items():
+    for name in state:
         if name not in subs:
             raise CheckpointError(f"checkpoint names a submodule {name!r} this model does not have")
+
+
+def load_attribute_state(module: nn.Module, state: dict[str, dict[str, Any]]) -> None:
+    check_attribute_state(module, state)
+    subs = dict(module.named_modules())
+    for name, attrs in state.items():
         for key, value in attrs.items():
             setattr(subs[name], key, value)
 

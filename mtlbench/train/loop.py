@@ -15,8 +15,8 @@ from mtlbench import faults
 from mtlbench.config import TrainingProtocol
 from mtlbench.errors import Diverged
 from mtlbench.metrics import task_metrics
-from mtlbench.train.checkpoint import (CheckpointError, attribute_state, load_attribute_state, load_rng_state,
-                                       rng_state)
+from mtlbench.train.checkpoint import (CheckpointError, attribute_state, check_attribute_state, load_attribute_state,
+                                       load_rng_state, rng_state)
 from mtlbench.train.learners import Learner, autocast_for, samples_per_step
 
 ProgressFn = Callable[[str, dict[str, Any]], None]
@@ -267,6 +267,8 @@ class Trainer:
         if saved != self.samples:
             raise CheckpointError(f"the checkpoint trained with {saved} batch(es) per step and this run takes "
                                   f"{self.samples}: it cannot continue it (delete the checkpoint to start afresh)")
+        # Every refusal comes before anything is loaded: a refused checkpoint leaves the trainer fresh.
+        check_attribute_state(self.module, state["attributes"])
         self.module.load_state_dict(state["module"])
         load_attribute_state(self.module, state["attributes"])
         self.optimizer.load_state_dict(state["optimizer"])
